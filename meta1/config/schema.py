@@ -1,0 +1,532 @@
+"""The schema: every section and option of a meta1 configuration, typed and documented.
+
+Responsibilities
+    Say, as data, what a configuration may contain: for each section its options (type,
+    default, documentation, where the name comes from), its subsections, whether it takes
+    a name, may repeat, or exists with its defaults when the file leaves it out; and the
+    cross-field rules that no single type can check (:class:`SectionSpec.finish`).
+
+The loader (:mod:`meta1.config.loader`) applies it; the option reference
+``spec/config-reference.md`` is generated from it (a test fails on drift), so the
+documentation of an option lives here, next to its type and default, exactly once.
+
+Origins
+    Every option carries where its name comes from, with the confidence tag of
+    ``shared/reference/meta1.md``: ``MeTA1 [V]`` (verified in MeTA1's own documents),
+    ``MeTA1 [V3]`` (third-party documentation of MeTA1), ``MeTA1 [R]`` (named in the
+    reference as recalled or inferred) — or ``meta1``: an option this project needs that
+    MeTA1 is not known to have, named in MeTA1's style (``spec/decisions.md``).
+
+Layout of the file (as in ``meta1.conf(5)``: each daemon's section doubles as its MCP
+service entry)::
+
+    <global options>
+    mcp   { ... }                      MCP's own options
+    qmgr  { ... smtpc { ... } }        queue manager; smtpc = per-destination limits
+    smtps [NAME] { ... listen_socket { ... } tls { ... } policy_milter { socket { ... } } }
+    smtpc { ... tls { ... } }
+    smar  { ... map NAME { ... } local_user_map { } aliases { } mailertable { }
+            access_map { } greylisting { } }
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from meta1.config.types import (
+    Endpoint,
+    Enum,
+    Flags,
+    Integer,
+    Interval,
+    IPAddress,
+    ListOf,
+    Path,
+    Reference,
+    Size,
+    String,
+    ValueType,
+)
+
+
+class _NotSet:
+    """Default of an option that has no value unless the file gives one."""
+
+    def __repr__(self) -> str:
+        return "NOT_SET"
+
+    def __deepcopy__(self, memo: dict) -> _NotSet:  # a singleton: compared with `is`
+        return self
+
+
+NOT_SET: Any = _NotSet()
+
+
+@dataclass(frozen=True)
+class Inherit:
+    """Default taken from the option of the same name in the enclosing (global) section."""
+
+    option: str
+
+
+class Naming(enum.Enum):
+    NONE = "takes no name"
+    OPTIONAL = "name optional"
+    REQUIRED = "name required"
+
+
+V, V3, R, EXT = "MeTA1 [V]", "MeTA1 [V3]", "MeTA1 [R]", "meta1"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    name: str
+    type: ValueType
+    default: Any
+    doc: str
+    origin: str = EXT
+    required: bool = False
+    unset_means: str = ""  # what NOT_SET means, for the reference
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+
+# A finish hook sees the built section and reports problems through ``report(key, msg)``
+# (key: the option to blame, or None for the section itself). It may also fill in
+# defaults that depend on other options.
+Finish = Callable[[Any, Callable[[str | None, str], None]], None]
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    keyword: str
+    doc: str
+    options: tuple[OptionSpec, ...] = ()
+    sections: tuple[SectionSpec, ...] = ()
+    naming: Naming = Naming.NONE
+    repeat: bool = False
+    implicit: bool = False  # present, with its defaults, when the file leaves it out
+    origin: str = EXT
+    finish: Finish | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> str:
+        return self.keyword.lower()
+
+    def option(self, key: str) -> OptionSpec | None:
+        return next((o for o in self.options if o.key == key), None)
+
+    def section(self, key: str) -> SectionSpec | None:
+        return next((s for s in self.sections if s.key == key), None)
+
+
+# ---------------------------------------------------------------------------------------
+# Building blocks shared by several sections
+
+
+def _log_options() -> tuple[OptionSpec, ...]:
+    return (
+        OptionSpec("Log_Level", Integer(0, 15), Inherit("Log_Level"),
+                   "Logging verbosity of this daemon; defaults to the global Log_Level.", V),
+        OptionSpec("debug_level", Integer(0, 100), Inherit("debug_level"),
+                   "Debug output of this daemon; defaults to the global debug_level.", R),
+    )
+
+
+SERVICES = ("qmgr", "smtps", "smtpc", "smar")
+
+
+def _service_options(start_action: str, restart_dependencies: tuple[str, ...]) -> tuple[OptionSpec, ...]:
+    """The options by which each daemon section is also an MCP service entry (§1.7)."""
+    return (
+        OptionSpec("path", Path(), NOT_SET, "Program MCP starts for this service.", V,
+                   unset_means="this meta1's own daemon (python -m meta1.<daemon>)"),
+        OptionSpec("arguments", String(), NOT_SET,
+                   "Command line, argv[0] first, e.g. \"smtps -f /etc/meta1/meta1.conf\".", V,
+                   unset_means="the daemon name and -f with this configuration file"),
+        OptionSpec("user", String(nonempty=True, what="user name"), NOT_SET,
+                   "User (name or number) MCP runs the service as; MCP itself runs as root.", V,
+                   unset_means="the user MCP runs as (only sensible when MCP is not root)"),
+        OptionSpec("start_action", Enum(("wait", "pass")), start_action,
+                   "wait: MCP starts the service and waits for it; pass: MCP binds "
+                   "listen_socket itself and passes the descriptor over pass_fd_socket.", V),
+        OptionSpec("restart_dependencies", ListOf(Reference("service", case_insensitive=True)),
+                   restart_dependencies,
+                   "Services MCP restarts together with this one when it dies.", V),
+    ) + _log_options()
+
+
+def _no_self_dependency(node, report) -> None:
+    if node.spec.key in node.values["restart_dependencies"]:
+        report("restart_dependencies", f"{node.spec.keyword} lists itself in restart_dependencies")
+
+
+def _socket_section(keyword: str, doc: str, origin: str, defaults: dict[str, Any]) -> SectionSpec:
+    """A socket: ``type = inet`` with address and port, or ``type = unix`` with path."""
+
+    def finish(node, report) -> None:
+        values = node.values
+        if values["type"] == "inet":
+            if values["path"] is not NOT_SET:
+                report("path", "path is for type = unix; an inet socket has address and port")
+            if values["port"] is NOT_SET:
+                report(None, "an inet socket needs a port")
+        else:
+            for opt in ("address", "port"):
+                if node.explicit(opt):
+                    report(opt, f"{opt} is for type = inet; a unix socket has a path")
+                values[opt] = NOT_SET
+            if values["path"] is NOT_SET:
+                report(None, "a unix socket needs a path")
+
+    return SectionSpec(
+        keyword, doc, origin=origin, finish=finish,
+        options=(
+            OptionSpec("type", Enum(("inet", "unix")), defaults.get("type", "inet"),
+                       "inet: TCP on address and port; unix: a UNIX-domain socket at path.", origin),
+            OptionSpec("address", IPAddress(), defaults.get("address", NOT_SET),
+                       "IP address (inet).", origin, unset_means=defaults.get("address_unset", "")),
+            OptionSpec("port", Integer(0, 65535), defaults.get("port", NOT_SET),
+                       "TCP port (inet); 0 lets the system choose one (tests).", origin),
+            OptionSpec("path", Path(), NOT_SET, "Socket file (unix), relative to the queue directory.", origin),
+        ),
+    )
+
+
+def _tls_section(server: bool) -> SectionSpec:
+    flags = Flags({"request_cert": True},
+                  docs={"request_cert": "ask the client for a certificate (MeTA1 [V]: on by default)"})
+
+    def finish(node, report) -> None:
+        has_cert, has_key = (node.values[k] is not NOT_SET for k in ("cert_file", "key_file"))
+        if server and not (has_cert and has_key):
+            report(None, "a server tls section needs cert_file and key_file")
+        elif has_cert != has_key:
+            report("key_file" if has_cert else "cert_file", "cert_file and key_file go together")
+
+    options = (
+        OptionSpec("cert_file", Path(), NOT_SET, "PEM certificate chain, own certificate first.", R),
+        OptionSpec("key_file", Path(), NOT_SET, "PEM private key of cert_file.", R),
+        OptionSpec("CA_file", Path(), NOT_SET, "PEM file of trusted CA certificates.", R),
+        OptionSpec("CA_path", Path(), NOT_SET, "Directory of hashed trusted CA certificates.", R),
+        OptionSpec("CRL_file", Path(), NOT_SET, "PEM certificate revocation lists.", R),
+        OptionSpec("verify_depth", Integer(1, 64), 9, "Longest certificate chain accepted.", R),
+        OptionSpec("cipher_list", String(nonempty=True, what="cipher list"), NOT_SET,
+                   "OpenSSL cipher list.", EXT, unset_means="the ssl module's defaults"),
+    )
+    if server:
+        options += (OptionSpec("flags", flags, flags.defaults(), "TLS flags.", V),)
+    doc = ("STARTTLS for the SMTP server: offered when this section is present (RFC 3207)."
+           if server else "TLS for the SMTP client: certificate to present and CAs to trust.")
+    return SectionSpec("tls", doc, options=options, origin=V if server else R, finish=finish)
+
+
+def _map_use(keyword: str, doc: str, flags: dict[str, bool], origin: str) -> SectionSpec:
+    """A section that names a declared map for one purpose (local users, aliases, ...)."""
+    flag_type = Flags(flags, docs={
+        "localpart": "look up only the local part of an address",
+        "local_domains": "look up only addresses in local domains",
+        "full_address": "look up the full address, not just the domain",
+    })
+    return SectionSpec(
+        keyword, doc, origin=origin,
+        options=(
+            OptionSpec("name", Reference("map"), NOT_SET, "The declared map to use.", origin, required=True),
+            OptionSpec("flags", flag_type, flag_type.defaults(), "Lookup flags.", origin),
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Maps (smar)
+
+MAP_TYPE_OPTIONS = {
+    "hash": {"file"},
+    "regex": {"file"},
+    "passwd": set(),
+    "socket": {"path", "address", "port", "mapname", "timeout", "min_connections", "max_connections"},
+    "sequence": {"maps"},
+}
+_MAP_REQUIRED = {"hash": ("file",), "regex": ("file",), "sequence": ("maps",)}
+
+
+def _finish_map(node, report) -> None:
+    map_type = node.values["type"]
+    if map_type is NOT_SET:
+        return
+    allowed = MAP_TYPE_OPTIONS[map_type]
+    for opt in node.spec.options:
+        if opt.key not in ("type",) and opt.name not in allowed:
+            if node.explicit(opt.key):
+                report(opt.key, f"{opt.name} is not an option of a map of type {map_type}")
+            node.values[opt.key] = NOT_SET
+    for opt in _MAP_REQUIRED.get(map_type, ()):
+        if node.values[opt] is NOT_SET:
+            report(None, f"a map of type {map_type} needs {opt}")
+    if map_type == "socket":
+        has_path = node.values["path"] is not NOT_SET
+        has_inet = node.values["address"] is not NOT_SET or node.values["port"] is not NOT_SET
+        if has_path == has_inet:
+            report(None, "a socket map needs either path (unix) or address and port (inet)")
+        elif has_inet and NOT_SET in (node.values["address"], node.values["port"]):
+            report(None, "an inet socket map needs both address and port")
+        if node.values["mapname"] is NOT_SET:
+            node.values["mapname"] = node.name
+        for opt, default in (("timeout", 5), ("min_connections", 0), ("max_connections", 4)):
+            if node.values[opt] is NOT_SET:
+                node.values[opt] = default
+        if node.values["min_connections"] > node.values["max_connections"]:
+            report("min_connections", "min_connections is larger than max_connections")
+
+
+MAP = SectionSpec(
+    "map",
+    "A map declaration; other sections refer to it by its name.",
+    naming=Naming.REQUIRED, repeat=True, origin=V3, finish=_finish_map,
+    options=(
+        OptionSpec("type", Enum(tuple(MAP_TYPE_OPTIONS)), NOT_SET,
+                   "hash: key/value file; passwd: system users; socket: socket map server; "
+                   "sequence: maps tried in order; regex: file of regular expressions.",
+                   V3, required=True),
+        OptionSpec("file", Path(), NOT_SET, "Map file (hash, regex).", V3),
+        OptionSpec("path", Path(), NOT_SET, "UNIX socket of a socket map server.", V3),
+        OptionSpec("address", IPAddress(), NOT_SET, "Address of a socket map server (inet).", R),
+        OptionSpec("port", Integer(1, 65535), NOT_SET, "Port of a socket map server (inet).", R),
+        OptionSpec("mapname", String(nonempty=True, what="map name"), NOT_SET,
+                   "Map name sent in socket map requests; defaults to this map's name.", V3),
+        OptionSpec("timeout", Interval(1, 3600), NOT_SET, "Socket map reply timeout (default 5s).", V3),
+        OptionSpec("min_connections", Integer(0, 1000), NOT_SET, "Socket map connections kept open (default 0).", V3),
+        OptionSpec("max_connections", Integer(1, 1000), NOT_SET, "Socket map connection limit (default 4).", V3),
+        OptionSpec("maps", ListOf(Reference("map"), min_items=1), NOT_SET,
+                   "Maps of a sequence, tried in order; the first that finds the key answers.", V3),
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# The daemons
+
+
+def _finish_queue_delays(node, report) -> None:
+    v = node.values
+    if v["min_queue_delay"] > v["max_queue_delay"]:
+        report("min_queue_delay", "min_queue_delay is larger than max_queue_delay")
+    if v["max_queue_delay"] > v["queue_lifetime"]:
+        report("max_queue_delay", "max_queue_delay is larger than queue_lifetime")
+    _no_self_dependency(node, report)
+
+
+def _finish_connection_limits(node, report) -> None:
+    if node.values["initial_connections"] > node.values["max_connections"]:
+        report("initial_connections", "initial_connections is larger than max_connections")
+
+
+QMGR = SectionSpec(
+    "qmgr",
+    "The queue manager: owns IQDB, IBDB, AQ and DEFEDB, schedules deliveries, retries, bounces.",
+    implicit=True, origin=V, finish=_finish_queue_delays,
+    options=_service_options("wait", ("smtps", "smtpc", "smar")) + (
+        OptionSpec("AQ_max_entries", Integer(1, 1_000_000), 8192,
+                   "Most recipients in the active queue at once.", V),
+        OptionSpec("wait_for_server", Interval(0, 3600), 4, "How long qmgr waits for smar at start.", V),
+        OptionSpec("wait_for_client", Interval(0, 3600), 4, "How long qmgr waits for smtps/smtpc at start.", V),
+        OptionSpec("min_queue_delay", Interval(1), 5 * 60,
+                   "First retry delay after a temporary failure; doubled on each retry.", EXT),
+        OptionSpec("max_queue_delay", Interval(1), 3600, "Longest delay between two retries.", EXT),
+        OptionSpec("queue_lifetime", Interval(1), 5 * 86400,
+                   "A recipient not delivered within this time is bounced (RFC 5321 §4.5.4.1: 4-5 days).", EXT),
+        OptionSpec("config_map", Reference("map"), NOT_SET,
+                   "Map of per-IP limits (oci:, ocm:, ocr:, oct:, icm:, icr: tags).", R,
+                   unset_means="no per-IP limits beyond the smtpc section's"),
+    ),
+    sections=(
+        SectionSpec(
+            "smtpc", "Outgoing connection limits per destination (slow start).", implicit=True, origin=V,
+            finish=_finish_connection_limits,
+            options=(
+                OptionSpec("initial_connections", Integer(1, 10_000), 4,
+                           "Parallel connections to a destination at first.", V),
+                OptionSpec("max_connections", Integer(1, 10_000), 20,
+                           "Parallel connections to a destination at most.", V),
+            ),
+        ),
+    ),
+)
+
+SMTPS_FLAGS = Flags(
+    {"8bitmime": False, "pipelining": True, "chunking": True, "dsn": True, "smtputf8": True,
+     "delay_checks": False},
+    docs={
+        "8bitmime": "advertise 8BITMIME (RFC 6152); MeTA1's flag, off unless named",
+        "pipelining": "advertise PIPELINING (RFC 2920)",
+        "chunking": "advertise CHUNKING/BDAT (RFC 3030)",
+        "dsn": "advertise DSN (RFC 3461)",
+        "smtputf8": "advertise SMTPUTF8 (RFC 6531)",
+        "delay_checks": "postpone client and sender rejections to RCPT",
+    },
+)
+
+
+def _finish_smtps(node, report) -> None:
+    _no_self_dependency(node, report)
+    if node.values["start_action"] == "pass" and node.values["pass_fd_socket"] is NOT_SET:
+        report("start_action", "start_action = pass needs pass_fd_socket")
+
+
+SMTPS = SectionSpec(
+    "smtps",
+    "The SMTP server. Several may be declared with different names (e.g. one for port 25 "
+    "and one for submission); the unnamed one is the default.",
+    naming=Naming.OPTIONAL, repeat=True, implicit=True, origin=V, finish=_finish_smtps,
+    options=_service_options("pass", ()) + (
+        OptionSpec("flags", SMTPS_FLAGS, SMTPS_FLAGS.defaults(), "SMTP server flags.", V),
+        OptionSpec("IO_timeout", Interval(1, 3600), 5 * 60,
+                   "Longest wait for the client's next command or data (RFC 5321 §4.5.3.2: >= 5m).", V),
+        OptionSpec("CDB_gid", Integer(0, 2**32 - 1), NOT_SET,
+                   "Group of content files, so smtpc may read them.", V,
+                   unset_means="the group smtps runs as"),
+        OptionSpec("pass_fd_socket", Path(), "smtps/smtpsfd",
+                   "UNIX socket smtps creates to receive the listen descriptor from MCP.", V),
+        OptionSpec("max_message_size", Size(1024), 10 << 20,
+                   "Largest message accepted (announced in EHLO SIZE, RFC 1870).", EXT),
+        OptionSpec("max_rcpts_per_transaction", Integer(1, 100_000), 1000,
+                   "Recipients per transaction; more get 452 4.5.3 (RFC 5321 §4.5.3.1.8).", EXT),
+        OptionSpec("max_errors_per_session", Integer(1, 10_000), 20,
+                   "Error replies after which the session is closed with 421.", EXT),
+        OptionSpec("max_junk_commands", Integer(1, 10_000), 100,
+                   "NOOP, RSET, VRFY, HELP commands allowed per session.", EXT),
+        OptionSpec("max_command_line_length", Integer(512, 65_536), 2048,
+                   "Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: >= 512).", EXT),
+        OptionSpec("max_data_line_length", Integer(998, 1 << 20), 998,
+                   "Longest message line, CRLF excluded (RFC 5322 §2.1.1: 998).", EXT),
+        OptionSpec("max_sessions", Integer(1, 100_000), 1000, "Concurrent sessions of this server.", EXT),
+        OptionSpec("min_free_space", Size(0), 32 << 20,
+                   "Free space the queue file system must keep; below it MAIL gets 452 4.3.1.", EXT),
+    ),
+    sections=(
+        _socket_section("listen_socket", "Where the server listens (bound by MCP when start_action = pass).", V,
+                        {"port": 25, "address_unset": "all IPv4 addresses"}),
+        _tls_section(server=True),
+        SectionSpec(
+            "policy_milter",
+            "The policy milter (pmilter) consulted at each SMTP stage.", origin=V3,
+            options=(
+                OptionSpec("timeout", Interval(1, 3600), 30, "Longest wait for a pmilter reply.", V3),
+                OptionSpec("flags", Flags({"abort": True, "accept_but_reconnect": False},
+                                          exclusive=(("abort", "accept_but_reconnect"),),
+                                          docs={"abort": "on timeout, end the session with 421",
+                                                "accept_but_reconnect": "on timeout, go on without the "
+                                                "pmilter and reconnect for the next session"}),
+                           {"abort": True, "accept_but_reconnect": False}, "What a pmilter timeout does.", V3),
+            ),
+            sections=(
+                _socket_section("socket", "The pmilter's socket.", V3, {"type": "inet"}),
+            ),
+            finish=lambda node, report: None if node.sections["socket"] is not None
+            else report(None, "policy_milter needs a socket section"),
+        ),
+    ),
+)
+
+SMTPC = SectionSpec(
+    "smtpc",
+    "The SMTP/LMTP client.", implicit=True, origin=V, finish=_no_self_dependency,
+    options=_service_options("wait", ()) + (
+        OptionSpec("IO_timeout", Interval(1, 3600), 5 * 60,
+                   "Longest wait for a server reply (RFC 5321 §4.5.3.2: 5m for MAIL and RCPT).", V),
+        OptionSpec("final_dot_timeout", Interval(1, 7200), 10 * 60,
+                   "Longest wait for the reply to the final dot (RFC 5321 §4.5.3.2.6: 10m).", EXT),
+        OptionSpec("wait_for_server", Interval(0, 3600), 4, "How long smtpc waits for qmgr at start.", V),
+        OptionSpec("LMTP_socket", Path(), NOT_SET,
+                   "UNIX socket of the local delivery agent (LMTP).", V3, unset_means="no local delivery"),
+    ),
+    sections=(_tls_section(server=False),),
+)
+
+
+def _finish_smar(node, report) -> None:
+    _no_self_dependency(node, report)
+    if node.explicit("nameserver") and node.values["flags"]["use_resolvconf"]:
+        report("nameserver", "nameserver and the flag use_resolvconf exclude each other")
+
+
+def _finish_greylisting(node, report) -> None:
+    if node.values["min_delay"] >= node.values["max_delay"]:
+        report("min_delay", "min_delay must be shorter than max_delay")
+
+
+SMAR = SectionSpec(
+    "smar",
+    "The address resolver: DNS and all map lookups.", implicit=True, origin=V, finish=_finish_smar,
+    options=_service_options("wait", ("smtps", "qmgr")) + (
+        OptionSpec("nameserver", ListOf(Endpoint(53), min_items=1), NOT_SET,
+                   "DNS servers, tried in order.", V,
+                   unset_means="127.0.0.1, or those of /etc/resolv.conf with the flag use_resolvconf"),
+        OptionSpec("DNS_timeout", Interval(1, 300), 5, "Longest wait for one DNS answer.", V),
+        OptionSpec("flags", Flags({"use_resolvconf": False},
+                                  docs={"use_resolvconf": "take the nameservers from /etc/resolv.conf"}),
+                   {"use_resolvconf": False}, "Resolver flags.", R),
+    ),
+    sections=(
+        MAP,
+        _map_use("local_user_map", "The map of valid local users.", {"localpart": False, "local_domains": False}, V3),
+        _map_use("aliases", "The aliases map: local part to addresses.", {"localpart": False, "local_domains": False}, V3),
+        _map_use("mailertable", "The routing map: domain to mailer:host.", {"full_address": False}, V3),
+        _map_use("access_map", "The access map (cltaddr:, from:, to:, ... tags).", {}, R),
+        SectionSpec(
+            "greylisting", "Greylisting of (client, sender, recipient) triplets; on when present.",
+            origin=V, finish=_finish_greylisting,
+            options=(
+                OptionSpec("min_delay", Interval(0), 5 * 60, "A retry is accepted only after this delay.", EXT),
+                OptionSpec("max_delay", Interval(1), 4 * 3600, "A retry later than this starts over.", EXT),
+                OptionSpec("expire", Interval(1), 36 * 86400, "How long a passed triplet stays accepted.", EXT),
+                OptionSpec("database", Path(), "greylist.db", "The greylisting database file.", EXT),
+                OptionSpec("IPv4_prefix", Integer(0, 32), 24, "Client IPv4 addresses are grouped by this prefix.", EXT),
+                OptionSpec("IPv6_prefix", Integer(0, 128), 64, "Client IPv6 addresses are grouped by this prefix.", EXT),
+            ),
+        ),
+    ),
+)
+
+MCP = SectionSpec(
+    "mcp",
+    "The master control program's own options (its services are the daemon sections).",
+    implicit=True, origin=V,
+    options=_log_options() + (
+        OptionSpec("pid_file", Path(), "mcp.pid", "File holding MCP's process id.", EXT),
+        OptionSpec("restart_limit", Integer(1, 1000), 5,
+                   "Deaths within restart_period after which a service counts as failed for good.", EXT),
+        OptionSpec("restart_period", Interval(1), 60, "Window for restart_limit.", EXT),
+        OptionSpec("shutdown_timeout", Interval(1, 3600), 30,
+                   "How long MCP waits for services to stop before killing them.", EXT),
+    ),
+)
+
+ROOT = SectionSpec(
+    "",
+    "Global options, read by every daemon.",
+    origin=V,
+    options=(
+        OptionSpec("hostname", String(what="host name"), "",
+                   "Fully qualified name used in the greeting, EHLO and Received: headers; "
+                   "empty means the system's host name.", R),
+        OptionSpec("queue_directory", Path(), "/var/spool/meta1",
+                   "Working directory of every daemon; relative paths are relative to it. "
+                   "A leading ~/ means the home directory of the user reading the file.", EXT),
+        OptionSpec("CDB_base_directory", Path(), "cdb", "Directory of the content database.", R),
+        OptionSpec("Log_Level", Integer(0, 15), 9, "Logging verbosity, the default for every daemon.", V),
+        OptionSpec("debug_level", Integer(0, 100), 0, "Debug output, the default for every daemon.", R),
+    ),
+    sections=(MCP, QMGR, SMTPS, SMTPC, SMAR),
+)
+
+
+def walk(spec: SectionSpec = ROOT, path: tuple[str, ...] = ()):
+    """Every section spec with its path of keywords, depth first, in schema order."""
+    yield path, spec
+    for child in spec.sections:
+        yield from walk(child, path + (child.keyword,))
