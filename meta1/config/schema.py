@@ -165,7 +165,8 @@ def _no_self_dependency(node, report) -> None:
         report("restart_dependencies", f"{node.spec.keyword} lists itself in restart_dependencies")
 
 
-def _socket_section(keyword: str, doc: str, origin: str, defaults: dict[str, Any]) -> SectionSpec:
+def _socket_section(keyword: str, doc: str, origin: str, defaults: dict[str, Any],
+                    implicit: bool = False) -> SectionSpec:
     """A socket: ``type = inet`` with address and port, or ``type = unix`` with path."""
 
     def finish(node, report) -> None:
@@ -184,7 +185,7 @@ def _socket_section(keyword: str, doc: str, origin: str, defaults: dict[str, Any
                 report(None, "a unix socket needs a path")
 
     return SectionSpec(
-        keyword, doc, origin=origin, finish=finish,
+        keyword, doc, origin=origin, finish=finish, implicit=implicit,
         options=(
             OptionSpec("type", Enum(("inet", "unix")), defaults.get("type", "inet"),
                        "inet: TCP on address and port; unix: a UNIX-domain socket at path.", origin),
@@ -232,13 +233,10 @@ def _map_use(keyword: str, doc: str, flags: dict[str, bool], origin: str) -> Sec
         "local_domains": "look up only addresses in local domains",
         "full_address": "look up the full address, not just the domain",
     })
-    return SectionSpec(
-        keyword, doc, origin=origin,
-        options=(
-            OptionSpec("name", Reference("map"), NOT_SET, "The declared map to use.", origin, required=True),
-            OptionSpec("flags", flag_type, flag_type.defaults(), "Lookup flags.", origin),
-        ),
-    )
+    options = (OptionSpec("name", Reference("map"), NOT_SET, "The declared map to use.", origin, required=True),)
+    if flags:
+        options += (OptionSpec("flags", flag_type, flag_type.defaults(), "Lookup flags.", origin),)
+    return SectionSpec(keyword, doc, origin=origin, options=options)
 
 
 # ---------------------------------------------------------------------------------------
@@ -409,7 +407,7 @@ SMTPS = SectionSpec(
     ),
     sections=(
         _socket_section("listen_socket", "Where the server listens (bound by MCP when start_action = pass).", V,
-                        {"port": 25, "address_unset": "all IPv4 addresses"}),
+                        {"port": 25, "address_unset": "all IPv4 addresses"}, implicit=True),
         _tls_section(server=True),
         SectionSpec(
             "policy_milter",

@@ -101,7 +101,7 @@ class Integer(ValueType):
 
 
 _UNITS = (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-_INTERVAL_RE = re.compile(r"".join(rf"(?:(\d+){u})?" for u, _ in _UNITS))
+_INTERVAL_RE = re.compile(r"".join(rf"(?:([0-9]+){u})?" for u, _ in _UNITS))
 
 
 def parse_interval(text: str) -> int:
