@@ -48,6 +48,8 @@ def test_string_escapes(text: str, value: str) -> None:
     ("s { a = 1;", "1:11: expected '}', found end of file"),
     ("} a = 1;", "1:1: expected an option or section (or end of file), found '}'"),
     ("a b c { }", "1:5: expected '{', found 'c'"),
+    ("a ;", "1:3: expected '=' or '{', found ';'"),
+    ("a = {b} c", "1:10: expected '=' or '{', found end of file"),
     ("/* never closed", "1:1: unterminated comment ('/*' without '*/')"),
     ("a = x;\x00", "1:7: expected an option or section (or end of file), found '\\x00'"),
 ])

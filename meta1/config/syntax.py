@@ -164,14 +164,17 @@ def _build_grammar(lines_of) -> pp.ParserElement:
     entries = pp.Forward()
     name = pp.Regex(NAME_PATTERN).set_name("option or section name")
     option_rhs = EQ - ((list_value + pp.Optional(SEMI)) | (scalar - SEMI)).set_name("a value or '{'")
-    section_body = (pp.Optional(scalar, default=None) + LBRACE - pp.Group(entries) + RBRACE + pp.Optional(SEMI))
+    block = LBRACE - pp.Group(entries) + RBRACE + pp.Optional(SEMI)
+    # After a section name only "{" may follow: commit there, so the message does not
+    # depend on how a pyparsing version reports a failed alternative.
+    section_body = (scalar - block) | block
     entry = name - (option_rhs | section_body).set_name("'=' or '{'")
 
     def make_entry(s: str, loc: int, t: pp.ParseResults):
-        if len(t) == 2 and not isinstance(t[1], pp.ParseResults):
+        if not isinstance(t[-1], pp.ParseResults):
             return Option(t[0], t[1], pos(s, loc))
-        section_name = t[1].text if isinstance(t[1], Scalar) else None
-        return Section(t[0], section_name, tuple(t[2]), pos(s, loc))
+        section_name = t[1].text if len(t) == 3 else None
+        return Section(t[0], section_name, tuple(t[-1]), pos(s, loc))
 
     entry.set_parse_action(make_entry)
     entries <<= pp.ZeroOrMore(entry)
