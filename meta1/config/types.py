@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from meta1.config.errors import Position
 from meta1.config.tree import ListValue, Scalar, Value
@@ -86,18 +86,28 @@ def _check_range(number: int, low: int | None, high: int | None, fmt=str) -> int
 
 
 @dataclass(frozen=True)
-class Integer(ValueType):
+class _Quantity(ValueType):
+    """A whole number within [low, high], read and written by a pair of text functions."""
+
     low: int | None = 0
     high: int | None = None
+    what: ClassVar[str]
+    read: ClassVar[Callable[[str], int]]
+    write: ClassVar[Callable[[int], str]]
 
     def convert(self, value: Value) -> int:
-        return _check_range(parse_integer(_scalar(value, "a number")), self.low, self.high)
+        number = type(self).read(_scalar(value, f"a {self.what}"))
+        return _check_range(number, self.low, self.high, type(self).write)
 
     def format(self, value: int) -> Value:
-        return Scalar(str(value))
+        return Scalar(type(self).write(value))
 
     def describe(self) -> str:
-        return f"number, {_range_text(self.low, self.high)}"
+        return f"{self.what}, {_range_text(self.low, self.high, type(self).write)}"
+
+
+class Integer(_Quantity):
+    what, read, write = "number", staticmethod(parse_integer), staticmethod(str)
 
 
 _UNITS = (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
@@ -125,19 +135,8 @@ def format_interval(seconds: int) -> str:
     return "".join(parts)
 
 
-@dataclass(frozen=True)
-class Interval(ValueType):
-    low: int | None = 0
-    high: int | None = None
-
-    def convert(self, value: Value) -> int:
-        return _check_range(parse_interval(_scalar(value, "a time interval")), self.low, self.high, format_interval)
-
-    def format(self, value: int) -> Value:
-        return Scalar(format_interval(value))
-
-    def describe(self) -> str:
-        return f"interval, {_range_text(self.low, self.high, format_interval)}"
+class Interval(_Quantity):
+    what, read, write = "interval", staticmethod(parse_interval), staticmethod(format_interval)
 
 
 _SIZE_UNITS = (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10))
@@ -159,19 +158,8 @@ def format_size(size: int) -> str:
     return str(size)
 
 
-@dataclass(frozen=True)
-class Size(ValueType):
-    low: int | None = 0
-    high: int | None = None
-
-    def convert(self, value: Value) -> int:
-        return _check_range(parse_size(_scalar(value, "a size")), self.low, self.high, format_size)
-
-    def format(self, value: int) -> Value:
-        return Scalar(format_size(value))
-
-    def describe(self) -> str:
-        return f"size, {_range_text(self.low, self.high, format_size)}"
+class Size(_Quantity):
+    what, read, write = "size", staticmethod(parse_size), staticmethod(format_size)
 
 
 @dataclass(frozen=True)
