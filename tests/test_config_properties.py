@@ -159,7 +159,7 @@ line_comments = st.text(alphabet=any_char.filter(lambda c: c != "\n"), max_size=
     lambda c: "#" + c + "\n"
 )
 block_comments = st.text(alphabet=text_chars, max_size=10).filter(lambda c: "*/" not in c).map(
-    lambda c: " /*" + c + "*/ "
+    lambda c: "/*" + c + "*/"
 )
 separators = st.lists(st.one_of(whitespace, line_comments, block_comments), max_size=3).map("".join)
 
