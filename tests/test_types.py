@@ -71,7 +71,7 @@ def test_endpoints() -> None:
     assert ep.convert(Scalar("2001:DB8::1")) == ("2001:db8::1", 53)
     for value in (("127.0.0.1", 53), ("127.0.0.1", 5353), ("::1", 5353)):
         assert ep.convert(ep.format(value)) == value
-    for bad in ("localhost", "1.2.3.4:x", "[::1]:0", "1.2.3.4:70000"):
+    for bad in ("localhost", "1.2.3.4:x", "[::1]:0", "1.2.3.4:70000", "1.2.3.4:\u0665\u0663", "1.2.3.4:\u00b2"):
         with pytest.raises(Invalid):
             ep.convert(Scalar(bad))
 

@@ -56,12 +56,23 @@ def _scalar(value: Value, what: str) -> str:
     return value.text
 
 
+# No option needs a number this long; refusing it up front also keeps Python's int/str
+# conversion limit (4300 digits, a ValueError) from ever being reached.
+MAX_NUMBER_TEXT = 40
+
+
+def _bounded(text: str, what: str) -> str:
+    if len(text) > MAX_NUMBER_TEXT:
+        raise Invalid(f"'{text[:20]}...' is too long for a {what} ({len(text)} characters)")
+    return text
+
+
 _INT_RE = re.compile(r"(-?)(?:0[xX]([0-9A-Fa-f]+)|(0[0-7]*)|([1-9][0-9]*))")
 
 
 def parse_integer(text: str) -> int:
     """Decimal, octal (leading 0) or hex (0x) — as in C and MeTA1 (B16)."""
-    m = _INT_RE.fullmatch(text)
+    m = _INT_RE.fullmatch(_bounded(text, "number"))
     if not m:
         raise Invalid(f"'{text}' is not a number (decimal, 0octal or 0xhex)")
     sign, hexa, octal, dec = m.groups()
@@ -116,7 +127,7 @@ _INTERVAL_RE = re.compile(r"".join(rf"(?:([0-9]+){u})?" for u, _ in _UNITS))
 
 def parse_interval(text: str) -> int:
     """Seconds in ``5m3s``-style text (B08) or a plain decimal number (B09)."""
-    if text.isdigit() and text.isascii():
+    if _bounded(text, "time interval").isdigit() and text.isascii():
         return int(text)
     m = _INTERVAL_RE.fullmatch(text)
     if not text or not m:
@@ -144,7 +155,7 @@ _SIZE_RE = re.compile(r"([0-9]+)([KkMmGg]?)")
 
 
 def parse_size(text: str) -> int:
-    m = _SIZE_RE.fullmatch(text)
+    m = _SIZE_RE.fullmatch(_bounded(text, "size"))
     if not m:
         raise Invalid(f"'{text}' is not a size (a number of bytes with optional K, M or G)")
     factor = dict(_SIZE_UNITS).get(m.group(2).upper(), 1)
@@ -240,7 +251,7 @@ class Endpoint(ValueType):
             host, port = m.group(1), int(m.group(2))
         elif text.count(":") == 1:
             host, _, port_text = text.partition(":")
-            if not port_text.isdigit():
+            if not (port_text.isascii() and port_text.isdigit()):
                 raise Invalid(f"'{text}': the port must be a number")
             port = int(port_text)
         try:
