@@ -7,6 +7,11 @@
                              every error as FILE:LINE:COL: message and exit 1
     meta1 config [-f FILE]   print the effective configuration, every default filled in,
                              in the configuration language itself
+    meta1 qmgr [-f FILE]     run the queue manager in the foreground
+    meta1 smtps [-f FILE] [--name NAME] [--index N]
+                             run an SMTP server in the foreground (qmgr must run)
+    meta1 mailq [-f FILE] [--json]
+                             list the queued messages: id, arrival, size, sender, recipients
 
 Without ``-f`` both use the built-in default configuration shipped in the package.
 This module is the I/O shell around :mod:`meta1.config`: it reads files, the home
@@ -41,11 +46,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", action="count", default=0, dest="version",
                         help="print the version (-VV: also the OpenSSL version)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = {}
     for name, help_text in (("check", "validate a configuration file"),
-                            ("config", "print the effective configuration")):
-        p = sub.add_parser(name, help=help_text)
+                            ("config", "print the effective configuration"),
+                            ("qmgr", "run the queue manager in the foreground"),
+                            ("smtps", "run an SMTP server in the foreground"),
+                            ("mailq", "list the queued messages")):
+        p = commands[name] = sub.add_parser(name, help=help_text)
         p.add_argument("-f", dest="file", metavar="FILE",
                        help="configuration file (default: the built-in configuration)")
+    commands["smtps"].add_argument("--name", default=None,
+                                   help="which smtps section (default: the unnamed one)")
+    commands["smtps"].add_argument("--index", type=int, default=0, choices=range(256),
+                                   metavar="N", help="process index in ids (0-255)")
+    commands["mailq"].add_argument("--json", action="store_true", help="JSON output")
     return parser
 
 
@@ -73,7 +87,44 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     if args.command == "check":
         print("configuration OK")
-    else:
+    elif args.command == "config":
         sys.stdout.write(f"# effective configuration of {config.filename}\n")
         sys.stdout.write(format_document(effective_document(config)))
+    elif args.command == "mailq":
+        from meta1.queue.layout import QueueLayout
+        from meta1.queue.mailq import format_json, format_text, list_queue
+        messages = list_queue(QueueLayout(config.queue_directory, config.cdb_base_directory))
+        sys.stdout.write((format_json if args.json else format_text)(messages))
+    else:
+        return run_daemon(args, config)
     return EXIT_OK
+
+
+def run_daemon(args, config: Config) -> int:
+    """Run qmgr or smtps in the foreground until SIGTERM; sysexits-style status."""
+    from meta1.runtime.process import EX_CONFIG, EX_TEMPFAIL, setup_logging
+    setup_logging(args.command, config.log_level)
+    if args.command == "smtps" and args.name not in config.smtps:
+        print(f"meta1 smtps: no smtps section named {args.name!r} in {config.filename}",
+              file=sys.stderr)
+        return EX_CONFIG
+    queue = config.queue_directory
+    try:
+        os.makedirs(queue, mode=0o750, exist_ok=True)
+        os.chdir(queue)   # every daemon works in the queue directory (reference §1.3)
+    except OSError as error:
+        print(f"meta1 {args.command}: queue directory {queue}: {error.strerror}", file=sys.stderr)
+        return EX_CONFIG
+    if args.command == "qmgr":
+        from meta1.qmgr.daemon import QueueLocked, serve
+        try:
+            return serve(config)
+        except QueueLocked as error:
+            print(f"meta1 qmgr: {error}", file=sys.stderr)
+            return EX_TEMPFAIL
+    from meta1.smtps.daemon import serve as serve_smtps
+    try:
+        return serve_smtps(config, args.name, args.index)
+    except OSError as error:
+        print(f"meta1 smtps: {error}", file=sys.stderr)
+        return EX_TEMPFAIL

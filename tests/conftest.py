@@ -11,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CONFORMANCE = REPO / "conformance"
+# The conformance runners (conformance/transcripts.py) are imported by the tests.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def run_meta1(*args: str, home: str | None = None) -> subprocess.CompletedProcess[str]:

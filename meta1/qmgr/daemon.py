@@ -1,0 +1,200 @@
+"""qmgr, the queue manager daemon: the IBDB log, group commit, replay at start.
+
+Responsibilities (this version: the receive half of DESIGN.md's message life)
+    * Own the envelope state. smtps sends each finished transaction as one ``Commit``
+      record; qmgr appends it to the incoming log (IBDB) and answers ``CommitResult``
+      only after the log is on stable storage.
+    * Group commit (DESIGN.md, "Speed comes from the same places as safety"): records
+      that arrive while a flush is running wait, and the next flush — started the moment
+      the previous one ends, with no timer — writes all of them with one ``fdatasync``.
+      Every 250 waits only for the flush that covers it. Measured by
+      ``benchmarks/accept_rate.py``.
+    * On start: take the queue lock (one qmgr per queue, reliability T55), replay IBDB
+      (a torn last record is cut off, a damaged file is quarantined, transactions whose
+      content is missing are reported), and hold the result as the incoming queue.
+      Content files no transaction refers to are removed once they are older than
+      ``ORPHAN_GRACE`` (a crash of smtps between writing content and committing leaves
+      them; the grace keeps a file that smtps is about to commit).
+    * Refuse nothing silently: an append that fails answers ``ok=False`` to every
+      transaction of that batch (smtps answers 451 4.3.0), and the next batch is tried
+      again — disk-full is transient (reliability T57).
+
+Scheduling and delivery (AQ, DEFEDB, smtpc, smar) come with the delivery issue.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from meta1.ids import ID_PATTERN
+from meta1.eventloop import (Connection, EventLoop, GroupCommit, Listener, WorkerPool,
+                             listen_unix)
+from meta1.ipc.records import Commit, CommitResult, Transaction
+from meta1.queue.ibdb import IncomingLog, replay
+from meta1.queue.layout import QueueLayout
+from meta1.runtime.link import RecordLink
+
+log = logging.getLogger("meta1.qmgr")
+
+ORPHAN_GRACE = 3600.0
+
+
+class QueueLocked(Exception):
+    """Another qmgr holds this queue."""
+
+
+class QueueManager:
+    def __init__(self, config, *, loop: EventLoop | None = None):
+        self.config = config
+        self.loop = loop or EventLoop()
+        self.layout = QueueLayout(config.queue_directory, config.cdb_base_directory)
+        self.layout.ensure()
+        self.lock_fd = self._lock()
+        self.incoming: dict[str, Transaction] = {}
+        self.pool = WorkerPool(self.loop, threads=1, name="ibdb")
+        self.ibdb = IncomingLog(self.layout)
+        self.commits: GroupCommit[Transaction] = GroupCommit(self.pool, self._flush, name="ibdb")
+        self.links: set[RecordLink] = set()
+        self.listener: Listener | None = None
+        self.stopping = False
+
+    def _lock(self) -> int:
+        fd = os.open(self.layout.qmgr_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise QueueLocked(f"another qmgr is running on {self.layout.root}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    # -- start: replay ---------------------------------------------------------------------
+
+    def recover(self) -> None:
+        result = replay(self.layout)
+        self.incoming = dict(result.transactions)
+        for path, why in result.quarantined:
+            log.error("quarantined %s: %s", path, why)
+        for ta_id in result.missing_content:
+            log.error("%s: content file missing or damaged; envelope reported, not queued", ta_id)
+        if result.torn_tail:
+            log.warning("IBDB: a torn last record (an unacknowledged append) was cut off")
+        nrcpts = sum(len(t.recipients) for t in self.incoming.values())
+        log.info("recovered %d transactions with %d recipients from IBDB", len(self.incoming), nrcpts)
+        self._collect_orphans()
+        self.ibdb.open()
+
+    def _collect_orphans(self) -> None:
+        referenced = {t.content for t in self.incoming.values()}
+        now = time.time()
+        removed = 0
+        for directory in sorted(self.layout.cdb.iterdir()):
+            if not directory.is_dir():
+                continue
+            for path in directory.iterdir():
+                relpath = self.layout.content_relpath(path.name) if ID_PATTERN.match(path.name) else None
+                if relpath in referenced:
+                    continue
+                try:
+                    if now - path.stat().st_mtime < ORPHAN_GRACE:
+                        continue
+                    path.unlink()
+                    removed += 1
+                    log.info("removed orphaned content file %s (no transaction refers to it)", path)
+                except FileNotFoundError:
+                    pass
+        if removed:
+            log.info("removed %d orphaned content files", removed)
+
+    # -- commits -------------------------------------------------------------------------------
+
+    def _flush(self, batch: list[Transaction]) -> None:
+        """In the worker thread: one write and one fdatasync for the whole batch."""
+        self.ibdb.append_batch(batch)
+        self.ibdb.rotate_if_needed()
+
+    def _record(self, link: RecordLink, record: object) -> None:
+        if not isinstance(record, Commit):
+            log.error("unexpected record %s from smtps; closing the link", type(record).__name__)
+            link.close()
+            return
+        transaction = record.transaction
+        if not transaction.recipients:
+            link.send(CommitResult(ta_id=transaction.ta_id, ok=False, reason="no recipients"))
+            return
+
+        def done(exc: BaseException | None) -> None:
+            if exc is None:
+                self.incoming[transaction.ta_id] = transaction
+                log.info("%s: queued from=<%s> size=%d nrcpts=%d", transaction.ta_id,
+                         transaction.sender, transaction.size, len(transaction.recipients))
+                link.send(CommitResult(ta_id=transaction.ta_id, ok=True, reason=""))
+            else:
+                log.error("%s: IBDB append failed: %s", transaction.ta_id, exc)
+                link.send(CommitResult(ta_id=transaction.ta_id, ok=False,
+                                       reason=f"IBDB append failed: {exc}"))
+
+        self.commits.request(transaction, done)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def _accept(self) -> RecordLink:
+        link = RecordLink(self.loop, role="qmgr", peer_role="smtps",
+                          on_ready=lambda link: log.info("smtps connected (pid %d)", link.peer.pid),
+                          on_record=self._record, on_lost=self._lost)
+        self.links.add(link)
+        return link
+
+    def _lost(self, link: RecordLink, exc: BaseException | None) -> None:
+        self.links.discard(link)
+        if link.peer is not None:
+            log.info("smtps (pid %d) disconnected", link.peer.pid)
+
+    def start(self) -> None:
+        self.recover()
+        self.listener = Listener(self.loop, listen_unix(str(self.layout.smtps_socket)), self._accept)
+        self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
+        self.loop.add_signal_handler(signal.SIGINT, self.shutdown)
+        log.info("ready: %d messages in the queue; smtps socket %s", len(self.incoming),
+                 self.layout.smtps_socket)
+
+    def shutdown(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("shutting down")
+        if self.listener is not None:
+            self.listener.close()
+        self._stop_when_flushed()
+
+    def _stop_when_flushed(self) -> None:
+        # Answers for commits already flushed must still reach smtps; a batch in flight
+        # finishes (it is on its way to disk either way).
+        if self.commits.in_flight or self.commits.waiting:
+            self.loop.call_later(0.01, self._stop_when_flushed)
+            return
+        for link in list(self.links):
+            link.close()
+        self.loop.call_soon(self.loop.stop)
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self.loop.run()
+        finally:
+            self.pool.shutdown(wait=True)
+            self.ibdb.close()
+            os.close(self.lock_fd)
+            log.info("stopped")
+
+
+def serve(config) -> int:
+    manager = QueueManager(config)
+    manager.run()
+    return 0

@@ -1,0 +1,54 @@
+"""What every meta1 daemon process does the same way: logging, exit codes, names.
+
+Exit codes follow sysexits(3) so that a supervisor (mcp, a later issue) can tell a
+permanent failure from a transient one: 78 (``EX_CONFIG``) means "do not restart me
+until the configuration changes"; 75 (``EX_TEMPFAIL``) means "try again later", e.g.
+another qmgr holds the queue lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+EX_OK = 0
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+#: MeTA1's Log_Level runs 0..14 like sendmail's LogLevel; these are the thresholds at
+#: which meta1 lets more through (D-LOG-1).
+def python_level(log_level: int) -> int:
+    if log_level >= 12:
+        return logging.DEBUG
+    if log_level >= 9:
+        return logging.INFO
+    if log_level >= 4:
+        return logging.WARNING
+    return logging.ERROR
+
+
+def setup_logging(daemon: str, log_level: int = 9) -> None:
+    """One line per event on stderr: ``TIME daemon[pid]: message`` (UTC, ISO 8601)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(f"%(asctime)s {daemon}[{os.getpid()}]: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(python_level(log_level))
+
+
+class _Formatter(logging.Formatter):
+    def formatTime(self, record, datefmt=None):  # noqa: N802 - logging's name
+        # The record's time is now: it fits the platform's time_t until 2038 on i386.
+        import time
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + \
+            f".{int(record.msecs):03d}Z"
+
+
+def local_hostname(configured) -> str:
+    """The name this MTA gives itself: the configured ``hostname``, else the system's."""
+    if isinstance(configured, str) and configured:
+        return configured
+    return socket.gethostname() or "localhost"

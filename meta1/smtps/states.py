@@ -1,0 +1,177 @@
+"""The smtps session machine: its states, its inputs and its one transition table.
+
+Responsibilities
+    This file *is* the protocol order of an SMTP server session (RFC 5321 §4.1.4, RFC 3030
+    for BDAT, RFC 3207/4954 for the STARTTLS/AUTH states). :mod:`meta1.smtps.session`
+    runs it: a command line is turned into an :class:`Input`, the row for (state, input)
+    says which action runs and where the session goes. A pair not in the table is a
+    protocol error that the session answers with ``503 5.5.1`` (it never happens for the
+    command inputs, whose rows are complete: see ``COMMAND_STATES``).
+
+Reading the table
+    Rows whose action starts with ``refuse_`` answer an error and leave the state as it
+    was (``503 Need MAIL command`` …). Rows of commands that take arguments run only after
+    the command's arguments were parsed and checked; a syntax or policy error is answered
+    without firing, so the table only ever sees commands that will succeed.
+
+    ``TLS_HANDSHAKE`` and ``AUTH_EXCHANGE`` are entered by STARTTLS and AUTH. In this
+    version no TLS or SASL is configured: their ``check`` refuses (502), so the rows that
+    lead there exist (for the spec and the model) but are not taken yet.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from meta1.machine import Transition
+
+
+class State(enum.Enum):
+    CONNECTED = "connected"          # accepted; greeting not yet sent
+    GREETED = "greeted"              # 220 sent; HELO/EHLO expected
+    READY = "ready"                  # after HELO/EHLO; no transaction
+    MAIL = "mail"                    # sender accepted; no recipient yet
+    RCPT = "rcpt"                    # at least one recipient accepted
+    DATA = "data"                    # reading DATA content up to <CRLF>.<CRLF>
+    CHUNKING = "chunking"            # reading the octets of one BDAT chunk
+    CHUNKED = "chunked"              # BDAT chunk(s) received, not LAST yet
+    COMMITTING = "committing"        # content complete: waiting for the durable commit
+    TLS_HANDSHAKE = "tls_handshake"  # after 220 to STARTTLS (later issue)
+    AUTH_EXCHANGE = "auth_exchange"  # inside a SASL exchange (later issue)
+    CLOSING = "closing"              # final reply queued; output is flushed, then closed
+
+
+class Input(enum.Enum):
+    START = "start"
+    HELO = "HELO"
+    EHLO = "EHLO"
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+    BDAT = "BDAT"
+    RSET = "RSET"
+    NOOP = "NOOP"
+    QUIT = "QUIT"
+    VRFY = "VRFY"
+    HELP = "HELP"
+    STARTTLS = "STARTTLS"
+    AUTH = "AUTH"
+    UNKNOWN = "unknown command"
+    BAD_LINE = "bad line"            # too long, bare CR, NUL or invalid UTF-8: answered, skipped
+    UNFRAMEABLE = "unframeable"      # bare LF in a command line, BDAT without a size: closed
+    DATA_END = "end of data"
+    CHUNK_END = "end of chunk"
+    LAST_CHUNK_END = "end of last chunk"
+    COMMITTED = "committed"
+    COMMIT_FAILED = "commit failed"
+    TLS_DONE = "tls done"
+    AUTH_DONE = "auth done"
+    TIMEOUT = "timeout"
+    EOF = "eof"
+    SHUTDOWN = "shutdown"
+    TOO_MANY_ERRORS = "too many errors"
+
+
+S, I, T = State, Input, Transition
+
+#: States in which a command line is read and answered.
+COMMAND_STATES = (S.GREETED, S.READY, S.MAIL, S.RCPT, S.CHUNKED)
+#: States inside a transaction (their content or envelope is discarded on abort).
+TRANSACTION_STATES = (S.MAIL, S.RCPT, S.DATA, S.CHUNKING, S.CHUNKED)
+
+
+def _rows() -> dict[tuple[State, Input], Transition[State]]:
+    table: dict[tuple[State, Input], Transition[State]] = {
+        (S.CONNECTED, I.START): T("greet", S.GREETED),
+        (S.CONNECTED, I.SHUTDOWN): T("shutdown", S.CLOSING),
+        (S.CONNECTED, I.EOF): T("hangup", S.CLOSING),
+    }
+    for state in COMMAND_STATES:
+        in_transaction = state in TRANSACTION_STATES
+        table.update({
+            # HELO/EHLO may come again at any time and reset the transaction (RFC 5321 §4.1.4).
+            (state, I.HELO): T("helo", S.READY),
+            (state, I.EHLO): T("ehlo", S.READY),
+            (state, I.RSET): T("rset", S.GREETED if state is S.GREETED else S.READY),
+            (state, I.NOOP): T("noop", state),
+            (state, I.HELP): T("help", state),
+            (state, I.VRFY): T("vrfy", state),
+            (state, I.QUIT): T("quit", S.CLOSING),
+            (state, I.UNKNOWN): T("refuse_unknown", state),
+            (state, I.BAD_LINE): T("refuse_bad_line", state),
+            (state, I.UNFRAMEABLE): T("refuse_unframeable", S.CLOSING),
+            (state, I.TIMEOUT): T("timeout", S.CLOSING),
+            (state, I.EOF): T("hangup", S.CLOSING),
+            (state, I.SHUTDOWN): T("shutdown", S.CLOSING),
+            (state, I.TOO_MANY_ERRORS): T("too_many_errors", S.CLOSING),
+            # RFC 3207 §4 / RFC 4954 §4: not inside a mail transaction.
+            (state, I.STARTTLS): (T("refuse_in_transaction", state) if in_transaction
+                                  else T("starttls", S.TLS_HANDSHAKE)),
+            (state, I.AUTH): (T("refuse_in_transaction", state) if in_transaction
+                              else T("auth", S.AUTH_EXCHANGE)),
+        })
+    table.update({
+        (S.GREETED, I.STARTTLS): T("refuse_need_helo", S.GREETED),
+        (S.GREETED, I.AUTH): T("refuse_need_helo", S.GREETED),
+        (S.GREETED, I.MAIL): T("refuse_need_helo", S.GREETED),
+        (S.GREETED, I.RCPT): T("refuse_need_mail", S.GREETED),
+        (S.GREETED, I.DATA): T("refuse_need_mail", S.GREETED),
+        (S.GREETED, I.BDAT): T("refuse_chunk_need_mail", S.GREETED),
+
+        (S.READY, I.MAIL): T("mail", S.MAIL),
+        (S.READY, I.RCPT): T("refuse_need_mail", S.READY),
+        (S.READY, I.DATA): T("refuse_need_mail", S.READY),
+        (S.READY, I.BDAT): T("refuse_chunk_need_mail", S.READY),
+
+        (S.MAIL, I.MAIL): T("refuse_nested_mail", S.MAIL),
+        (S.MAIL, I.RCPT): T("rcpt", S.RCPT),
+        (S.MAIL, I.DATA): T("refuse_no_recipients", S.MAIL),
+        (S.MAIL, I.BDAT): T("refuse_chunk_no_recipients", S.MAIL),
+
+        (S.RCPT, I.MAIL): T("refuse_nested_mail", S.RCPT),
+        (S.RCPT, I.RCPT): T("rcpt", S.RCPT),
+        (S.RCPT, I.DATA): T("data", S.DATA),
+        (S.RCPT, I.BDAT): T("chunk", S.CHUNKING),
+
+        (S.CHUNKED, I.MAIL): T("refuse_nested_mail", S.CHUNKED),
+        (S.CHUNKED, I.RCPT): T("refuse_bad_sequence", S.CHUNKED),
+        (S.CHUNKED, I.DATA): T("refuse_mixed_data", S.CHUNKED),
+        (S.CHUNKED, I.BDAT): T("chunk", S.CHUNKING),
+
+        (S.DATA, I.DATA_END): T("end_of_data", S.COMMITTING),
+        (S.DATA, I.TIMEOUT): T("timeout", S.CLOSING),
+        (S.DATA, I.EOF): T("hangup", S.CLOSING),
+        (S.DATA, I.SHUTDOWN): T("shutdown_later", S.DATA),
+
+        (S.CHUNKING, I.CHUNK_END): T("end_of_chunk", S.CHUNKED),
+        (S.CHUNKING, I.LAST_CHUNK_END): T("end_of_data", S.COMMITTING),
+        (S.CHUNKING, I.TIMEOUT): T("timeout", S.CLOSING),
+        (S.CHUNKING, I.EOF): T("hangup", S.CLOSING),
+        (S.CHUNKING, I.SHUTDOWN): T("shutdown_later", S.CHUNKING),
+
+        # Content that failed its checks (size, bare CR/LF …) is answered here too: the
+        # commit "fails" without reaching qmgr. Either way the session is READY again.
+        (S.COMMITTING, I.COMMITTED): T("accepted", S.READY),
+        (S.COMMITTING, I.COMMIT_FAILED): T("not_accepted", S.READY),
+        # RFC 5321 §6.1: the client may be gone, the commit still completes (T60b).
+        (S.COMMITTING, I.EOF): T("hangup_during_commit", S.COMMITTING),
+        (S.COMMITTING, I.SHUTDOWN): T("shutdown_later", S.COMMITTING),
+
+        # RFC 3207 §4.2: after the handshake the session starts over, without the HELO.
+        (S.TLS_HANDSHAKE, I.TLS_DONE): T("tls_established", S.GREETED),
+        (S.TLS_HANDSHAKE, I.TIMEOUT): T("timeout", S.CLOSING),
+        (S.TLS_HANDSHAKE, I.EOF): T("hangup", S.CLOSING),
+        (S.TLS_HANDSHAKE, I.SHUTDOWN): T("shutdown", S.CLOSING),
+        (S.AUTH_EXCHANGE, I.AUTH_DONE): T("authenticated", S.READY),
+        (S.AUTH_EXCHANGE, I.TIMEOUT): T("timeout", S.CLOSING),
+        (S.AUTH_EXCHANGE, I.EOF): T("hangup", S.CLOSING),
+        (S.AUTH_EXCHANGE, I.SHUTDOWN): T("shutdown", S.CLOSING),
+
+        (S.CLOSING, I.EOF): T("ignore", S.CLOSING),
+        (S.CLOSING, I.TIMEOUT): T("ignore", S.CLOSING),
+        (S.CLOSING, I.SHUTDOWN): T("ignore", S.CLOSING),
+    })
+    return table
+
+
+TABLE: dict[tuple[State, Input], Transition[State]] = _rows()

@@ -1,0 +1,148 @@
+"""Run meta1's daemons as real processes for a test: config, start, wait, kill, stop.
+
+``MTA(tmp_path)`` writes a configuration (queue in the test's directory, smtps on a free
+loopback port, host name ``mx.test``), starts ``meta1 qmgr`` and ``meta1 smtps`` as
+subprocesses and waits until each says it is ready. Every process it starts is stopped
+by pid when the test ends (``stop``), so nothing outlives a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO
+
+READY_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = READY_TIMEOUT, interval: float = 0.01, what: str = ""):
+    """Poll ``predicate`` until it is true (a condition, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class MTA:
+    def __init__(self, base: Path, *, extra_smtps: str = "", extra_global: str = "",
+                 port: int | None = None, queue: Path | None = None):
+        self.base = Path(base)
+        self.queue = queue or self.base / "queue"
+        self.port = port or free_port()
+        self.config = self.base / "meta1.conf"
+        self.config.write_text(
+            f'queue_directory = "{self.queue}";\n'
+            f'hostname = mx.test;\n{extra_global}\n'
+            "smtps {\n"
+            "    flags = { 8bitmime };\n"
+            f"    listen_socket {{ type = inet; address = 127.0.0.1; port = {self.port}; }}\n"
+            f"{extra_smtps}\n"
+            "}\n")
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self.starts: dict[str, int] = {}
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def spawn(self, daemon: str, wait: bool = True) -> subprocess.Popen:
+        self.starts[daemon] = self.starts.get(daemon, 0) + 1
+        log = self.base / f"{daemon}.{self.starts[daemon]}.log"
+        self.logs[daemon] = log
+        proc = subprocess.Popen([sys.executable, "-m", "meta1", daemon, "-f", str(self.config)],
+                                stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                                env=self.env(), cwd=str(self.base))
+        self.procs[daemon] = proc
+        if wait:
+            wait_for(lambda: self._ready(daemon, proc), what=f"{daemon} ready")
+        return proc
+
+    def _ready(self, daemon: str, proc: subprocess.Popen) -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{daemon} exited with {proc.returncode}:\n{self.log(daemon)}")
+        return "ready" in self.log(daemon)
+
+    def log(self, daemon: str) -> str:
+        path = self.logs.get(daemon)
+        return path.read_text(errors="replace") if path and path.exists() else ""
+
+    def all_logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.base.glob("*.log")))
+
+    def start(self) -> "MTA":
+        self.spawn("qmgr")
+        self.spawn("smtps")
+        self.wait_linked()
+        return self
+
+    def wait_linked(self) -> None:
+        """Until smtps is connected to qmgr (its log says so)."""
+        wait_for(lambda: "connected to qmgr" in self.log("smtps"), what="smtps linked to qmgr")
+
+    def kill(self, daemon: str, sig: int = signal.SIGKILL) -> int:
+        proc = self.procs[daemon]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        return proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for daemon in ("smtps", "qmgr"):
+            proc = self.procs.get(daemon)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    # -- looking at the queue ------------------------------------------------------------------
+
+    def meta1(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "meta1", *args], capture_output=True,
+                              text=True, env=self.env(), timeout=60, check=False)
+
+    def mailq(self) -> list[dict]:
+        result = self.meta1("mailq", "-f", str(self.config), "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def content(self, ta_id: str) -> bytes:
+        from meta1.queue.cdb import read_content
+        from meta1.queue.layout import QueueLayout
+        return read_content(QueueLayout(self.queue).content_path(ta_id))
+
+    def __enter__(self) -> "MTA":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def body_of(content: bytes) -> bytes:
+    """The message as the client sent it: the content without our Received header."""
+    assert content.startswith(b"Received: ")
+    end = content.index(b"\r\n", 0)
+    while content[end + 2:end + 3] in (b"\t", b" "):
+        end = content.index(b"\r\n", end + 2)
+    return content[end + 2:]
