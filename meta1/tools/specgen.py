@@ -91,8 +91,37 @@ def render_config_reference() -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+def _smtps_session(render: str) -> Callable[[], str]:
+    def rendered() -> str:
+        from meta1.smtps import states
+        from meta1.tools import machinespec
+        if render == "md":
+            return HEADER.format(source="meta1/smtps/states.py") + machinespec.render_markdown(
+                "smtps-session", states, states.State, states.Input, states.TABLE)
+        return "// " + HEADER.format(source="meta1/smtps/states.py") + machinespec.render_dot(
+            "smtps-session", states.State, states.TABLE)
+    return rendered
+
+
+def render_reply_catalogue() -> str:
+    """Every named SMTP reply meta1 sends (meta1/smtp/replies.py), in code order."""
+    from meta1.smtp import catalogue
+    out = [HEADER.format(source="meta1/smtp/replies.py"), "# SMTP replies", "",
+           "Every reply smtps sends, by its name in the code (`R.NAME`). Texts with `{field}`",
+           "are templates filled in per use (fields are made printable first). Enhanced",
+           "status codes are RFC 3463's; the greeting, HELO/EHLO replies and 354 carry none",
+           "(RFC 2034 §3).", "", "| name | code | status | text |", "|---|---|---|---|"]
+    for name, reply in catalogue().items():
+        text = "<br>".join(_escape_cell(line) for line in reply.lines)
+        out.append(f"| `{name}` | {reply.code} | {reply.status or ''} | {text} |")
+    return "\n".join(out) + "\n"
+
+
 GENERATED: dict[str, Callable[[], str]] = {
     "spec/config-reference.md": render_config_reference,
+    "spec/machines/smtps-session.md": _smtps_session("md"),
+    "spec/machines/smtps-session.dot": _smtps_session("dot"),
+    "spec/smtp-replies.md": render_reply_catalogue,
 }
 
 
