@@ -1,0 +1,105 @@
+"""The records smtps and qmgr exchange, and that qmgr keeps in its incoming log.
+
+Responsibilities
+    Name every record type of the smtps ↔ qmgr protocol with its type id, and check the
+    opening handshake. S2Q marks smtps → qmgr, Q2S qmgr → smtps.
+
+Protocol
+    Each side's first record on a connection is :class:`Hello`; the other side checks it
+    with :func:`handshake_check` (right version, the expected peer role) and closes the
+    connection on a :class:`ProtocolError`. MeTA1's design document says modules of
+    different versions are not expected to interoperate (reference meta1.md §1.2a, the
+    functional-spec chapter), so there is no negotiation: one :data:`PROTOCOL_VERSION`, and a mismatch is an error.
+
+    smtps then sends one :class:`Commit` per transaction, after the content file is
+    durable; qmgr answers each with a :class:`CommitResult` once the transaction is
+    durable in IBDB (or not). Several of either may travel in one write (batching).
+
+Why these shapes
+    A :class:`Transaction` is stored in IBDB exactly as it arrived (spec/receive-path.md,
+    "Record files"), so it holds everything qmgr needs after a restart: the envelope, the
+    ESMTP parameters that change delivery (RFC 3461 DSN: NOTIFY, ORCPT, RET, ENVID;
+    RFC 6152 BODY; RFC 6531 SMTPUTF8; RFC 4954 AUTH), what the Received header and the
+    logs need about the client, and where the content is. Times are 64-bit integers
+    (``arrival`` is microseconds since the epoch), never ``time_t``.
+
+    Ids are id strings, not ints, because they are also file names and log keys
+    (``S`` + 16 + 2 hex digits, spec/receive-path.md "Identifiers"); the ``sender`` is
+    ``""`` for the null reverse-path ``<>``. Strings hold the bytes the client sent
+    (surrogate-escaped where they are not UTF-8), after the SMTP layer's own checks.
+"""
+
+from __future__ import annotations
+
+from meta1.ipc.codec import ProtocolError, record
+
+PROTOCOL_VERSION = 1
+
+
+@record(1)
+class Hello:
+    """First record on every connection, in both directions."""
+
+    version: int
+    role: str  # the sender's role: "smtps", "qmgr", …
+    pid: int
+    instance: int  # the process index (the last two hex digits of smtps' ids)
+
+
+@record(10)
+class Recipient:
+    """One RCPT TO: its id (``<ta-id>-NNNN``), address and DSN parameters (RFC 3461 §4)."""
+
+    rcpt_id: str
+    address: str
+    notify: tuple[str, ...] | None  # None: no NOTIFY parameter; else e.g. ("SUCCESS", "FAILURE")
+    orcpt_type: str | None  # ORCPT's addr-type ("rfc822"), None without ORCPT
+    orcpt: str | None  # ORCPT's address, xtext-decoded
+
+
+@record(11)
+class Transaction:
+    """One accepted mail transaction, as committed to IBDB."""
+
+    ta_id: str
+    session_id: str
+    arrival: int  # microseconds since the epoch
+    sender: str  # "" for the null path <>
+    size: int  # octets of content in the content file
+    body: str | None  # BODY=: "7BIT", "8BITMIME", "BINARYMIME" or None
+    smtputf8: bool
+    ret: str | None  # RET=: "FULL" or "HDRS"
+    envid: str | None  # ENVID=, xtext-decoded
+    auth: str | None  # AUTH= of MAIL, xtext-decoded ("<>" kept as is)
+    client_address: str
+    client_port: int
+    helo: str
+    recipients: tuple[Recipient, ...]
+    content: str  # the content file, relative to the queue directory ("cdb/a/S…")
+
+
+@record(20)
+class Commit:
+    """S2Q: make this transaction durable, then answer with a CommitResult."""
+
+    transaction: Transaction
+
+
+@record(21)
+class CommitResult:
+    """Q2S: ``ok`` — the transaction is durable in IBDB; otherwise ``reason`` says why not."""
+
+    ta_id: str
+    ok: bool
+    reason: str
+
+
+def handshake_check(rec: object, expected_role: str) -> Hello:
+    """Validate the first record of a connection: a Hello of our version from ``expected_role``."""
+    if not isinstance(rec, Hello):
+        raise ProtocolError(f"expected Hello as the first record, got {type(rec).__name__}")
+    if rec.version != PROTOCOL_VERSION:
+        raise ProtocolError(f"peer speaks protocol version {rec.version}, this is version {PROTOCOL_VERSION}")
+    if rec.role != expected_role:
+        raise ProtocolError(f"peer says it is {rec.role!r}, expected {expected_role!r}")
+    return rec
