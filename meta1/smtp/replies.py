@@ -195,7 +195,6 @@ class R:
     TOO_MANY_SESSIONS = _r(421, "4.3.2", "{hostname} too many sessions; try again later")
 
     # Extensions not offered
-    TLS_UNAVAILABLE = _r(454, "4.7.0", "TLS not available")
     AUTH_UNAVAILABLE = _r(502, "5.5.1", "AUTH not available")
 
 

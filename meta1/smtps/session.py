@@ -198,6 +198,7 @@ class Session:
         self._chunk_size = 0
         self._chunk_last = False
         self._skip_octets = 0
+        self._raw = bytearray()
         self._failure_reply: Reply | None = None
         self._limit_reply: Reply = R.TOO_MANY_ERRORS
         self._bad_line_reply: Reply = R.SYNTAX
@@ -227,7 +228,13 @@ class Session:
     def receive(self, data: bytes) -> list[Effect]:
         if self.state is State.CLOSING:
             return []
-        self.framer.feed(data)
+        if self._skip_octets or self.state in (State.DATA, State.CHUNKING):
+            # Message content never passes through the command framer: a long line of
+            # content is not an overlong command, and a bare LF in it is not a protocol
+            # error (it is judged after the end of the data).
+            self._raw += data
+        else:
+            self.framer.feed(data)
         self._process()
         return self._take()
 
@@ -302,8 +309,16 @@ class Session:
             else:
                 return
 
+    def _take_raw(self) -> bytes:
+        """Everything buffered, in order: what the framer held, then content-mode input."""
+        data = self.framer.take_rest()
+        if self._raw:
+            data = bytes(data) + bytes(self._raw)
+            self._raw.clear()
+        return data
+
     def _skip(self) -> bool:
-        rest = self.framer.take_rest()
+        rest = self._take_raw()
         used = min(self._skip_octets, len(rest))
         self._skip_octets -= used
         self.framer.feed(rest[used:])
@@ -311,7 +326,7 @@ class Session:
 
     def _read_data(self) -> bool:
         assert self._decoder is not None
-        content = self._decoder.feed(self.framer.take_rest())
+        content = self._decoder.feed(self._take_raw())
         if content:
             self._content(content)
         if not self._decoder.done:
@@ -322,7 +337,7 @@ class Session:
         return True
 
     def _read_chunk(self) -> bool:
-        rest = self.framer.take_rest()
+        rest = self._take_raw()
         used = min(self._chunk_left, len(rest))
         if used:
             self._content(rest[:used])

@@ -1,0 +1,170 @@
+"""The sans-I/O smtps session: content, trace header, ids, segmentation (no sockets)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from hypothesis import given, settings, strategies as st
+
+from conformance.transcripts import FixedServices
+from meta1.smtps.session import (Close, CommitContent, OpenContent, Send, Session, Settings,
+                                 WriteContent)
+
+
+class Client:
+    def __init__(self, services=None, **settings_changes):
+        self.session = Session(Settings(hostname="mx.test", eightbitmime=True, **settings_changes),
+                               services or FixedServices(), client_address="192.0.2.7",
+                               client_port=4242)
+        self.output = bytearray()
+        self.content = bytearray()
+        self.commits: list[tuple[object, bytes]] = []
+        self.closed = False
+        self.apply(self.session.start())
+
+    def apply(self, effects):
+        for e in effects:
+            if isinstance(e, Send):
+                self.output += e.data
+            elif isinstance(e, OpenContent):
+                self.content = bytearray()
+            elif isinstance(e, WriteContent):
+                self.content += e.data
+            elif isinstance(e, CommitContent):
+                self.commits.append((e.transaction, bytes(self.content)))
+                self.apply(self.session.commit_result(True))
+            elif isinstance(e, Close):
+                self.closed = True
+
+    def send(self, *segments: bytes):
+        for segment in segments:
+            self.apply(self.session.receive(segment))
+
+    def replies(self) -> list[str]:
+        return [line for line in self.output.decode("ascii", "replace").split("\r\n") if line]
+
+
+def strip_received(content: bytes) -> tuple[bytes, bytes]:
+    """(our Received header, the rest)."""
+    match = re.match(rb"Received: [^\r]*\r\n(?:[ \t][^\r]*\r\n)*", content)
+    assert match, content[:200]
+    return match.group(0), content[match.end():]
+
+
+ENVELOPE = b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+
+
+def stuff(body: bytes) -> bytes:
+    """What a client sends for ``body`` (whole CRLF lines): dot-stuffed, then the end."""
+    lines = body.split(b"\r\n")[:-1]
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines) + b".\r\n"
+
+
+def segments(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, start = [], 0
+    for p in points + [len(data)]:
+        out.append(data[start:p])
+        start = p
+    return [s for s in out if s]
+
+
+line_text = st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+bodies = st.lists(st.one_of(line_text, st.sampled_from([b".", b"..", b".hidden", b"", b". "])),
+                  max_size=12).map(lambda lines: b"".join(line + b"\r\n" for line in lines))
+
+
+@settings(deadline=None, max_examples=150)
+@given(body=bodies, cuts=st.lists(st.integers(min_value=0), max_size=8))
+def test_dot_stuffing_round_trip_in_any_segmentation(body, cuts):
+    """T04: what arrives in the queue is exactly the unstuffed body, however it was split."""
+    if b"\x00" in body.split(b"\r\n\r\n")[0]:
+        body = body.replace(b"\x00", b"")      # NUL in the header is refused (T11)
+    client = Client()
+    client.send(ENVELOPE + b"DATA\r\n", *segments(stuff(body), cuts))
+    (transaction, content), = client.commits
+    assert strip_received(content)[1] == body
+    assert transaction.size == len(content)
+
+
+def test_a_long_content_line_in_segments_without_lf_is_content():
+    """T07: a 70,000-octet line arriving in LF-less pieces is content, not a long command."""
+    client = Client(max_data_line_length=100_000)
+    line = b"y" * 70_000
+    client.send(ENVELOPE + b"DATA\r\n", *[line[i:i + 1000] for i in range(0, len(line), 1000)],
+                b"\r\n.\r\n")
+    (_, content), = client.commits
+    assert strip_received(content)[1] == line + b"\r\n"
+
+
+def test_a_bdat_chunk_in_segments_without_lf():
+    client = Client()
+    chunk = (b"z" * 98 + b"\r\n") * 90          # 9000 octets; pieces cut mid-line
+    client.send(ENVELOPE + b"BDAT 9000 LAST\r\n", *[chunk[i:i + 700] for i in range(0, 9000, 700)])
+    (_, content), = client.commits
+    assert strip_received(content)[1] == chunk
+    assert client.replies()[-1].startswith("250 2.0.0 S")
+
+
+def test_received_header_is_one_safe_trace_line_group():
+    """T15/T16: one Received header, the client's HELO made printable and comment-safe."""
+    client = Client()
+    client.send(b"EHLO a(b)c\\d\xc3\xa9\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+                b"DATA\r\nReceived: from elsewhere\r\nSubject: x\r\n\r\nbody\r\n.\r\n")
+    (transaction, content), = client.commits
+    header, rest = strip_received(content)
+    assert rest.startswith(b"Received: from elsewhere\r\nSubject: x\r\n")
+    text = header.decode("ascii")
+    assert text == (f"Received: from a?b?c?d? ([192.0.2.7])\r\n"
+                    f"\tby mx.test (meta1) with ESMTP id {transaction.ta_id}\r\n"
+                    f"\tfor <c@d.example>; Tue, 25 Nov 2025 10:00:00 +0000\r\n")
+
+
+def test_received_date_after_2038():
+    """Times are 64-bit: the trace date works past 2038 on i386 too."""
+    class Later(FixedServices):
+        def now_us(self):
+            return (2**33) * 1_000_000      # 2242-03-16T12:56:32Z
+    client = Client(services=Later())
+    client.send(ENVELOPE + b"DATA\r\n\r\n.\r\n")
+    (transaction, content), = client.commits
+    assert b"Wed, 16 Mar 2242 12:56:32 +0000" in strip_received(content)[0]
+    assert transaction.arrival == 2**33 * 1_000_000
+
+
+def test_every_log_line_about_a_transaction_names_it(caplog):
+    caplog.set_level(logging.INFO, logger="meta1.smtps")
+    client = Client()
+    client.send(ENVELOPE + b"RCPT TO:<e@f.example>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n")
+    (transaction, _), = client.commits
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith(f"{transaction.ta_id}-0000: rcpt to=<c@d.example>") for line in lines)
+    assert any(line.startswith(f"{transaction.ta_id}-0001: rcpt to=<e@f.example>") for line in lines)
+    assert all(line.startswith(client.session.id) or line.startswith(transaction.ta_id)
+               for line in lines)
+    assert sum(transaction.ta_id in line for line in lines) == 4   # mail, 2 rcpt, accepted
+
+
+def test_ids_grow_and_recipients_are_numbered():
+    client = Client()
+    client.send(ENVELOPE + b"RCPT TO:<e@f.example>\r\nDATA\r\n.\r\n"
+                b"MAIL FROM:<>\r\nRCPT TO:<g@h.example>\r\nDATA\r\n.\r\n")
+    (first, _), (second, _) = client.commits
+    assert re.fullmatch(r"S[0-9A-F]{16}[0-9A-F]{2}", first.ta_id)
+    assert client.session.id < first.ta_id < second.ta_id
+    assert [r.rcpt_id for r in first.recipients] == [f"{first.ta_id}-0000", f"{first.ta_id}-0001"]
+    assert second.sender == ""
+
+
+def test_commit_waits_and_pipelined_commands_wait_with_it():
+    """While a commit is pending nothing more is read; the next replies follow the 250."""
+    session = Session(Settings(hostname="mx.test"), FixedServices(), client_address="192.0.2.7")
+    session.start()
+    effects = session.receive(ENVELOPE + b"DATA\r\nx\r\n.\r\nNOOP\r\nQUIT\r\n")
+    assert isinstance(effects[-1], CommitContent)
+    assert not session.wants_input and session.idle_timeout is None
+    later = session.commit_result(True)
+    sent = b"".join(e.data for e in later if isinstance(e, Send))
+    assert sent.startswith(b"250 2.0.0 S") and sent.endswith(b"250 2.0.0 OK\r\n221 2.0.0 mx.test closing connection\r\n")
+    assert isinstance(later[-1], Close)
