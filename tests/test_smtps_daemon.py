@@ -1,0 +1,79 @@
+"""smtps as a process: timeouts, the session limit, shutdown, qmgr away (real sockets)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+from mta import MTA, wait_for
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    assert sock.recv(512).startswith(b"220 ")
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(4096):
+        out += chunk
+    return out
+
+
+def test_idle_client_gets_421_after_io_timeout(tmp_path):
+    """RFC 5321 §4.5.3.2: the server waits for the next command only so long."""
+    with MTA(tmp_path, extra_smtps="IO_timeout = 1;") as mta:
+        sock = connect(mta.port)
+        sock.sendall(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\n")
+        out = read_until_closed(sock)
+        assert out.endswith(b"421 4.4.2 mx.test timeout; closing connection\r\n")
+        sock.close()
+        assert "(timeout)" in mta.log("smtps")
+
+
+def test_max_sessions_refuses_the_next_client_with_421(tmp_path):
+    with MTA(tmp_path, extra_smtps="max_sessions = 2;") as mta:
+        held = [connect(mta.port), connect(mta.port)]
+        extra = socket.create_connection(("127.0.0.1", mta.port), timeout=20)
+        assert read_until_closed(extra).startswith(b"421 4.3.2 ")
+        extra.close()
+        held.pop().close()
+        wait_for(lambda: "disconnect" in mta.log("smtps"), what="a session to end")
+        again = connect(mta.port)
+        again.close()
+        for sock in held:
+            sock.close()
+
+
+def test_sigterm_answers_idle_sessions_421_and_exits(tmp_path):
+    with MTA(tmp_path) as mta:
+        sock = connect(mta.port)
+        sock.sendall(b"EHLO c.example\r\n")
+        assert sock.recv(4096).startswith(b"250-mx.test")
+        mta.kill("smtps", signal.SIGTERM)
+        assert read_until_closed(sock) == b"421 4.3.2 mx.test shutting down\r\n"
+        sock.close()
+        assert mta.procs["smtps"].returncode == 0
+
+
+def test_without_qmgr_the_final_dot_gets_451_never_250(tmp_path):
+    """B39/T68: with qmgr away smtps still talks, but never says 250 to the final dot."""
+    with MTA(tmp_path) as mta:
+        mta.kill("qmgr")
+        wait_for(lambda: "connection to qmgr lost" in mta.log("smtps"), what="smtps to notice")
+        sock = connect(mta.port)
+        sock.sendall(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+                     b"DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        out = read_until_closed(sock)
+        sock.close()
+        assert b"451 4.3.0 " in out and b"accepted" not in out
+        assert not any((mta.queue / "cdb").rglob("S*")), "content of a refused message left behind"
+        mta.spawn("qmgr")
+        wait_for(lambda: mta.log("smtps").count("connected to qmgr") >= 2, what="reconnect")
+        sock = connect(mta.port)
+        sock.sendall(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+                     b"DATA\r\nSubject: y\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        assert b" accepted\r\n" in read_until_closed(sock)
+        sock.close()
+        assert len(mta.mailq()) == 1
