@@ -299,3 +299,35 @@ def test_close_restores_signal_handling_and_refuses_further_use(clock: ManualClo
         with pytest.raises(RuntimeError):
             use()
     assert loop.remove_reader(0) is False
+
+
+def test_no_lost_wakeup_when_threads_race_the_drain():
+    """Regression: threads calling call_soon_threadsafe while the loop drains its wake-up
+    pipe must never leave the loop asleep with callbacks queued (qmgr stalled under
+    smtp-source load before the wake-up flag was cleared after the drain). Each thread
+    waits for its callback before the next call, so the loop goes back to sleep in
+    select between calls; a lost wake-up shows as a callback that never runs."""
+    import threading
+    from meta1.eventloop import EventLoop
+
+    loop = EventLoop()
+    rounds, threads_n = 3000, 4
+    lost = []
+
+    def worker():
+        for _ in range(rounds):
+            ran = threading.Event()
+            loop.call_soon_threadsafe(ran.set)
+            if not ran.wait(5):
+                lost.append(1)
+                break
+        loop.call_soon_threadsafe(lambda: None)   # wake the loop to see this thread end
+
+    threads = [threading.Thread(target=worker) for _ in range(threads_n)]
+    for t in threads:
+        t.start()
+    loop.run_until(lambda: not any(t.is_alive() for t in threads), timeout=60)
+    for t in threads:
+        t.join()
+    loop.close()
+    assert not lost

@@ -206,20 +206,26 @@ class EventLoop:
                 pass  # the pipe is full: the loop is certain to wake up anyway
 
     def _on_wakeup(self) -> None:
-        # Cleared before reading: a thread that writes after this point leaves a byte for
-        # the next select, one that wrote before has its callback queued already.
-        self._wakeup_pending = False
-        while True:
-            try:
-                data = os.read(self._wakeup_read, 4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            if not data:
-                return
-            for byte in data:
-                handler = self._signal_handlers.get(byte)
-                if handler is not None:
-                    self._ready.append(handler)
+        # The flag is cleared only after the pipe is drained. Cleared before, a thread's
+        # byte written during the drain would be read here and the flag left set with an
+        # empty pipe: every later thread would skip its write and the loop would sleep
+        # with callbacks queued (a lost wake-up, seen as qmgr stalling under load).
+        # Cleared after, a thread that saw the flag set had queued its callback before
+        # this point, so the call_soon phase of this very iteration runs it.
+        try:
+            while True:
+                try:
+                    data = os.read(self._wakeup_read, 4096)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if not data:
+                    return
+                for byte in data:
+                    handler = self._signal_handlers.get(byte)
+                    if handler is not None:
+                        self._ready.append(handler)
+        finally:
+            self._wakeup_pending = False
 
     # -- descriptors ----------------------------------------------------------------------
 
