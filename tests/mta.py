@@ -94,9 +94,19 @@ class MTA:
         self.wait_linked()
         return self
 
-    def wait_linked(self) -> None:
-        """Until smtps is connected to qmgr (its log says so)."""
-        wait_for(lambda: "connected to qmgr" in self.log("smtps"), what="smtps linked to qmgr")
+    def wait_linked(self, qmgr_pid: int | None = None) -> None:
+        """Until smtps is connected to qmgr (its log says so). With ``qmgr_pid``: connected
+        to that qmgr process — after a restart of qmgr alone, smtps' log already holds the
+        line for the previous one."""
+        line = "connected to qmgr" if qmgr_pid is None else f"connected to qmgr (pid {qmgr_pid})"
+        wait_for(lambda: line in self.log("smtps"), what=f"smtps linked to qmgr ({line!r})")
+
+    def pid(self, daemon: str) -> int:
+        return self.procs[daemon].pid
+
+    def running(self, daemon: str) -> bool:
+        proc = self.procs.get(daemon)
+        return proc is not None and proc.poll() is None
 
     def kill(self, daemon: str, sig: int = signal.SIGKILL) -> int:
         proc = self.procs[daemon]
@@ -131,6 +141,18 @@ class MTA:
         from meta1.queue.cdb import read_content
         from meta1.queue.layout import QueueLayout
         return read_content(QueueLayout(self.queue).content_path(ta_id))
+
+    def content_files(self) -> dict[str, Path]:
+        """Every file in the content directories (cdb/<digit>/), by name."""
+        from meta1.queue.layout import QueueLayout
+        cdb = QueueLayout(self.queue).cdb
+        return {path.name: path for path in sorted(cdb.glob("*/*"))}
+
+    def quarantined(self) -> list[str]:
+        """The names in the quarantine directory (damaged files and their .why notes)."""
+        from meta1.queue.layout import QueueLayout
+        directory = QueueLayout(self.queue).quarantine
+        return sorted(os.listdir(directory)) if directory.exists() else []
 
     def __enter__(self) -> "MTA":
         return self.start()
