@@ -128,6 +128,10 @@ class EventLoop:
                  selector: selectors.BaseSelector | None = None) -> None:
         self._clock = clock
         self._selector = selector if selector is not None else selectors.DefaultSelector()
+        # fd -> (events, handlers) of every registration: looking a descriptor up in the
+        # selector costs an exception (with the socket's repr formatted) when it is not
+        # registered, which is every new connection.
+        self._registered: dict[int, tuple[int, _Handlers]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._cancelled_timers = 0
         self._timer_seq = itertools.count()
@@ -249,23 +253,27 @@ class EventLoop:
         if callback is None and self._closed:
             return False  # closing a connection after its loop: nothing is watched any more
         self._check_open()
-        try:
-            key = self._selector.get_key(fileobj)
-        except (KeyError, ValueError):  # ValueError: a closed file object that was never registered
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        entry = self._registered.get(fd) if fd >= 0 else None
+        if entry is None:
             if callback is None:
-                return False
+                return False   # never registered, or a closed file object (fd -1)
             handlers = _Handlers()
             setattr(handlers, which, callback)
-            self._selector.register(fileobj, handlers.events(), handlers)
+            events = handlers.events()
+            self._selector.register(fileobj, events, handlers)
+            self._registered[fd] = (events, handlers)
             return True
-        handlers = key.data
+        old_events, handlers = entry
         had = getattr(handlers, which) is not None
         setattr(handlers, which, callback)
         events = handlers.events()
         if events == 0:
             self._selector.unregister(fileobj)
-        elif events != key.events:
+            del self._registered[fd]
+        elif events != old_events:
             self._selector.modify(fileobj, events, handlers)
+            self._registered[fd] = (events, handlers)
         return had or callback is not None
 
     # -- signals --------------------------------------------------------------------------

@@ -92,7 +92,20 @@ class Reply:
             if len(line) > room:
                 line = line[:room - len(_ELLIPSIS)] + _ELLIPSIS
             lines.append(line)
-        return replace(self, lines=tuple(lines))
+        return self._derived(tuple(lines))
+
+    def _derived(self, lines: tuple[str, ...]) -> Reply:
+        """This reply with ``lines`` that are valid by construction, without re-checking.
+
+        ``format`` fills a checked template with printable values and cuts the line to
+        fit, so the result needs no second validation; replies are formatted for every
+        command of every session, and the checks cost more than the formatting.
+        """
+        reply = object.__new__(Reply)
+        object.__setattr__(reply, "code", self.code)
+        object.__setattr__(reply, "status", self.status)
+        object.__setattr__(reply, "lines", lines)
+        return reply
 
     def with_lines(self, *lines: str) -> Reply:
         """The same code and status with other text; the lines must already be printable."""
