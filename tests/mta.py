@@ -4,12 +4,17 @@
 loopback port, host name ``mx.test``), starts ``meta1 qmgr`` and ``meta1 smtps`` as
 subprocesses and waits until each says it is ready. Every process it starts is stopped
 by pid when the test ends (``stop``), so nothing outlives a test.
+
+``SMTPClient`` is a raw client for tests that need byte control: it sends exactly the
+bytes it is given and reads the server's replies one complete reply at a time, so a test
+can pipeline, split or smuggle and still check every reply in order.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -87,6 +92,10 @@ class MTA:
 
     def all_logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.base.glob("*.log")))
+
+    def wait_log(self, daemon: str, text: str, timeout: float = READY_TIMEOUT) -> None:
+        """Until the current log of ``daemon`` contains ``text``."""
+        wait_for(lambda: text in self.log(daemon), timeout=timeout, what=f"{text!r} in {daemon} log")
 
     def start(self) -> "MTA":
         self.spawn("qmgr")
@@ -168,3 +177,61 @@ def body_of(content: bytes) -> bytes:
     while content[end + 2:end + 3] in (b"\t", b" "):
         end = content.index(b"\r\n", end + 2)
     return content[end + 2:]
+
+
+ACCEPTED_ID = re.compile(r"\b(S[0-9A-F]{16}[0-9A-F]{2}) accepted")
+
+
+def accepted_id(reply_text: str) -> str:
+    """The transaction id in smtps' ``250 2.0.0 <id> accepted``."""
+    match = ACCEPTED_ID.search(reply_text)
+    assert match is not None, f"not an accepted reply: {reply_text!r}"
+    return match.group(1)
+
+
+class SMTPClient:
+    """A raw SMTP client over TCP: bytes out exactly as given, replies in one at a time.
+
+    ``reply()`` returns ``(code, text)`` for the next complete reply (``text`` holds its
+    lines without the code, joined by newlines); nothing is read ahead of what the test
+    asks for beyond the socket buffer, so replies to a pipelined group are checked in
+    order. Socket operations time out after ``timeout`` seconds, which bounds every test.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buffer = b""
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"connection closed; unparsed: {self.buffer!r}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def reply(self) -> tuple[int, str]:
+        lines = []
+        while True:
+            line = self._line().decode("ascii", "replace")
+            lines.append(line[4:])
+            if len(line) < 4 or line[3] != "-":
+                return int(line[:3]), "\n".join(lines)
+
+    def command(self, line: bytes | str) -> tuple[int, str]:
+        """Send one command line (CRLF added) and read its reply."""
+        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "SMTPClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
