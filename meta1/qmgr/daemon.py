@@ -2,11 +2,14 @@
 
 Responsibilities (this version: the receive half of DESIGN.md's message life)
     * Own the envelope state. smtps sends each finished transaction as one ``Commit``
-      record; qmgr appends it to the incoming log (IBDB) and answers ``CommitResult``
-      only after the log is on stable storage.
+      record (its content file written and closed, not synced); qmgr makes the content
+      durable, then appends the envelope to the incoming log (IBDB), and answers
+      ``CommitResult`` only after both are on stable storage (D-RCV-1).
     * Group commit (DESIGN.md, "Speed comes from the same places as safety"): records
       that arrive while a flush is running wait, and the next flush — started the moment
-      the previous one ends, with no timer — writes all of them with one ``fdatasync``.
+      the previous one ends, with no timer — syncs all their content files (the first
+      ``fdatasync`` commits the file system's journal for the rest), their directories
+      (once each), and writes all envelopes with one IBDB ``fdatasync``.
       Every 250 waits only for the flush that covers it. Measured by
       ``benchmarks/accept_rate.py``.
     * On start: take the queue lock (one qmgr per queue, reliability T55), replay IBDB
@@ -25,6 +28,7 @@ Scheduling and delivery (AQ, DEFEDB, smtpc, smar) come with the delivery issue.
 from __future__ import annotations
 
 import fcntl
+from concurrent.futures import ThreadPoolExecutor
 import logging
 import os
 import signal
@@ -42,6 +46,7 @@ from meta1.runtime.link import RecordLink
 log = logging.getLogger("meta1.qmgr")
 
 ORPHAN_GRACE = 3600.0
+SYNC_THREADS = 8
 
 
 class QueueLocked(Exception):
@@ -60,6 +65,9 @@ class QueueManager:
         self.ibdb = IncomingLog(self.layout)
         self.commits: GroupCommit[Transaction] = GroupCommit(self.pool, self._flush, name="ibdb")
         self.links: set[RecordLink] = set()
+        self.failed: dict[str, str] = {}
+        self.syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="qmgr-sync")
+        self.directory_fds: dict[str, int] = {}
         self.listener: Listener | None = None
         self.stopping = False
 
@@ -115,9 +123,54 @@ class QueueManager:
     # -- commits -------------------------------------------------------------------------------
 
     def _flush(self, batch: list[Transaction]) -> None:
-        """In the worker thread: one write and one fdatasync for the whole batch."""
-        self.ibdb.append_batch(batch)
-        self.ibdb.rotate_if_needed()
+        """In the worker thread: content first, then names, then envelopes, per batch.
+
+        The content files' ``fdatasync``s run concurrently (``SYNC_THREADS``): the file
+        system merges concurrent syncs into shared journal commits — measured here, ten
+        5 KB files sync in about 1.1 ms together against 3.5 ms one after the other. Then
+        each directory that got a new file is synced once, then the IBDB append is
+        written and synced. A transaction whose content cannot be synced (missing, not
+        where its id says, an I/O error) fails alone: it is left out of the IBDB append
+        and noted in ``self.failed`` for its completion to report; the others go on.
+        """
+        outcomes = list(self.syncers.map(self._sync_content, batch))
+        durable: list[Transaction] = []
+        directories: set[str] = set()
+        for transaction, failure in zip(batch, outcomes):
+            if failure is not None:
+                self.failed[transaction.ta_id] = failure
+                continue
+            durable.append(transaction)
+            directories.add(os.path.dirname(transaction.content))
+        for _ in self.syncers.map(self._sync_directory, sorted(directories)):
+            pass
+        if durable:
+            self.ibdb.append_batch(durable)
+            self.ibdb.rotate_if_needed()
+
+    def _sync_directory(self, directory: str) -> None:
+        fd = self.directory_fds.get(directory)
+        if fd is None:
+            fd = os.open(self.layout.root / directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = self.directory_fds.setdefault(directory, fd)
+        os.fsync(fd)
+
+    def _sync_content(self, transaction: Transaction) -> str | None:
+        """fdatasync one content file; None, or why it failed."""
+        # The path comes from smtps: it must be exactly where the id says (no "..",
+        # no symlink), so qmgr never syncs — or later reads — a file of someone else's.
+        if transaction.content != self.layout.content_relpath(transaction.ta_id):
+            return f"content path {transaction.content!r} does not match the id"
+        try:
+            fd = os.open(self.layout.root / transaction.content,
+                         os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            return f"content file: {error.strerror or error}"
+        return None
 
     def _record(self, link: RecordLink, record: object) -> None:
         if not isinstance(record, Commit):
@@ -130,7 +183,11 @@ class QueueManager:
             return
 
         def done(exc: BaseException | None) -> None:
-            if exc is None:
+            failure = self.failed.pop(transaction.ta_id, None)
+            if exc is None and failure is not None:
+                log.error("%s: not queued: %s", transaction.ta_id, failure)
+                link.send(CommitResult(ta_id=transaction.ta_id, ok=False, reason=failure))
+            elif exc is None:
                 self.incoming[transaction.ta_id] = transaction
                 log.info("%s: queued from=<%s> size=%d nrcpts=%d", transaction.ta_id,
                          transaction.sender, transaction.size, len(transaction.recipients))
@@ -189,7 +246,10 @@ class QueueManager:
             self.loop.run()
         finally:
             self.pool.shutdown(wait=True)
+            self.syncers.shutdown(wait=True)
             self.ibdb.close()
+            for fd in self.directory_fds.values():
+                os.close(fd)
             os.close(self.lock_fd)
             log.info("stopped")
 

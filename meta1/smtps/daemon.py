@@ -8,16 +8,22 @@ Responsibilities
     waits for qmgr's answer (DESIGN.md, the durability rule).
 
 The commit path (spec/receive-path.md)
-    1. end of data: the content file gets its End record (``finish``);
-    2. a worker thread ``fdatasync``s it — several at a time, so concurrent sessions'
-       syncs overlap and the file system merges them into shared journal commits;
-    3. the directory entries are synced by a :class:`~meta1.eventloop.GroupCommit`: one
-       ``fsync`` per content directory covers every file created since the last one;
-    4. the transaction goes to qmgr (one record, batched with others of the same loop
-       iteration); qmgr appends it to IBDB with its own group commit and answers;
-    5. only then does the session answer ``250``.
-    A failure before step 4 removes the content file and answers ``451 4.3.0``. A
-    failure after the record left (qmgr's connection lost, no answer within
+    1. content streams into the content file as it arrives (the event loop writes it;
+       64 KiB records, so a 5 KB message is one write);
+    2. at the end of the data the file gets its End record and is closed — no fsync
+       here: the transaction goes to qmgr at once (one record, batched with others of
+       the same loop iteration);
+    3. qmgr makes the content and then the envelope durable in one group commit
+       (``fdatasync`` of every content file of the batch, ``fsync`` of their
+       directories, the IBDB append and its ``fdatasync``) and answers;
+    4. only then does the session answer ``250``.
+    Why qmgr syncs the content (D-RCV-1): a Python process that syncs in worker threads
+    pays for every syscall with a GIL hand-off (strace under smtp-source showed about
+    60 futex calls per message); qmgr syncs a whole batch in one thread while its own
+    loop is idle, and in a journaling file system the first sync of a batch commits the
+    others' data too.
+    A failure before qmgr answered removes the content file and answers ``451 4.3.0``.
+    A failure after the record left (qmgr's connection lost, no answer within
     ``IO_timeout``) also answers 451 but keeps the file: qmgr may have committed it, and
     its replay decides (a delivered duplicate in window W1 is allowed, a loss is not;
     an unreferenced file is removed by qmgr's orphan collection).
@@ -33,7 +39,6 @@ Other duties
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import signal
@@ -41,8 +46,8 @@ import socket
 import time
 from pathlib import Path
 
-from meta1.eventloop import (Connection, EventLoop, GroupCommit, Listener, Protocol,
-                             WorkerPool, connect_unix, listen_tcp, listen_unix)
+from meta1.eventloop import (Connection, EventLoop, Listener, Protocol, connect_unix,
+                             listen_tcp, listen_unix)
 from meta1.ipc.records import Commit, CommitResult, Transaction
 from meta1.queue.cdb import ContentWriter, fsync_directories
 from meta1.queue.layout import QueueLayout
@@ -55,7 +60,6 @@ from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenConte
 
 log = logging.getLogger("meta1.smtps")
 
-SYNC_THREADS = 4
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -229,11 +233,11 @@ class SmtpServerConnection(Protocol):
     # -- the content file ----------------------------------------------------------------
 
     def _open(self, ta_id: str) -> None:
+        self._discard()
         self.write_error = None
         try:
             self.writer = ContentWriter(self.server.layout, ta_id, created=self.server.now_us())
         except OSError as error:
-            self.writer = None
             self._failed_write(ta_id, error)
 
     def _write(self, data: bytes) -> None:
@@ -264,29 +268,12 @@ class SmtpServerConnection(Protocol):
             return
         try:
             writer.finish()
+            writer.close()
         except OSError as error:
             writer.abort()
             self._commit_done(False, f"content file: {error.strerror or error}")
             return
         transaction = dataclasses.replace(transaction, content=writer.relpath)
-        self.server.sync_pool.submit(writer.sync,
-                                     lambda _r, exc: self._synced(writer, transaction, exc))
-
-    def _synced(self, writer: ContentWriter, transaction: Transaction, exc) -> None:
-        if exc is not None:
-            # fsyncgate: a file whose fsync failed is never trusted again, nor retried.
-            writer.abort()
-            self._commit_done(False, f"content file sync: {exc}")
-            return
-        writer.close()
-        self.server.dir_sync.request(writer.directory,
-                                     lambda exc: self._dir_synced(writer, transaction, exc))
-
-    def _dir_synced(self, writer: ContentWriter, transaction: Transaction, exc) -> None:
-        if exc is not None:
-            writer.abort()
-            self._commit_done(False, f"content directory sync: {exc}")
-            return
 
         def answered(ok: bool, reason: str, uncertain: bool) -> None:
             if not ok and not uncertain:
@@ -333,8 +320,6 @@ class SmtpServer:
         self.min_free_space = self.node.min_free_space
         self.sessions: set[SmtpServerConnection] = set()
         self.ids = IdGenerator(self._id_start(), instance, reserve=self._reserve_ids)
-        self.sync_pool = WorkerPool(self.loop, threads=SYNC_THREADS, name="smtps-sync")
-        self.dir_sync = GroupCommit(self.sync_pool, fsync_directories, name="cdb-dirs")
         self.qmgr = QmgrClient(self.loop, self.layout.smtps_socket, instance,
                                commit_timeout=float(self.node.io_timeout))
         self.listen_sockets = listen_sockets if listen_sockets is not None else self._bind()
@@ -445,7 +430,6 @@ class SmtpServer:
             self.loop.run()
         finally:
             self.qmgr.stop()
-            self.sync_pool.shutdown(wait=True)
             log.info("stopped")
 
 
