@@ -19,10 +19,15 @@ What is checked (reliability.md §0 and §4.1, the ledger oracle; issue 3)
       append; reliability R3: the cut is kept, not deleted);
     * content files no transaction refers to are allowed only as orphans younger than
       qmgr's ``ORPHAN_GRACE`` (a kill between content and commit leaves them; qmgr
-      collects them later), never more than the attempts that could have left one;
+      collects them later), never more than the attempts that could have left one, and a
+      complete one only with the content of an attempt that sent its dot and got no 250;
     * qmgr started once more replays the same queue without complaint, and removes the
       orphans once they are older than the grace (their age is set back for this);
-    * no daemon logged a traceback.
+    * no daemon logged a traceback;
+    * every reply comes within ``CLIENT_TIMEOUT``: a kill ends connections (EOF, reset)
+      or commits (451) at once, so silence is a hang, not a crash window. (This is how
+      the trials first showed the event loop's lost wake-up, fixed in ca58c44: a commit
+      waited for unrelated traffic.)
 
     Two deterministic variants pin the windows the random test can only hit by luck:
     qmgr killed while smtps waits for its commits (every such client gets 451, never 250;
@@ -68,9 +73,11 @@ SETTINGS = "min_free_space = 0;"
 
 # -- the ledger ----------------------------------------------------------------------------
 
-# How far an attempt got. Only an attempt whose final dot was handed to the kernel may
-# be in the queue without a 250.
-CONNECTED, DATA_SENDING, DOT_SENT, REPLIED = "connected", "data", "dot", "replied"
+# How far an attempt got, in order. smtps creates the content file when it accepts the
+# DATA command, so from DATA_COMMAND on an attempt may leave an orphan; only an attempt
+# whose final dot was handed to the kernel may be in the queue without a 250.
+STAGES = (CONNECTED, DATA_COMMAND, DATA_SENDING, DOT_SENT, REPLIED) = (
+    "connected", "data-command", "data", "dot", "replied")
 SEQ_HEADER = re.compile(rb"^X-Test-Seq: (\S+)\r\n", re.M)
 
 
@@ -92,6 +99,10 @@ class Attempt:
     @property
     def may_be_queued(self) -> bool:
         return self.stage in (DOT_SENT, REPLIED)
+
+    @property
+    def may_leave_content(self) -> bool:
+        return STAGES.index(self.stage) >= STAGES.index(DATA_COMMAND)
 
 
 @dataclass
@@ -191,6 +202,7 @@ class SmtpClient:
         attempt.reply = self.expect(self.command(f"MAIL FROM:<{attempt.sender}>"), 250)
         for recipient in attempt.recipients:
             attempt.reply = self.expect(self.command(f"RCPT TO:<{recipient}>"), 250)
+        attempt.stage = DATA_COMMAND
         attempt.reply = self.expect(self.command("DATA"), 354)
         attempt.stage = DATA_SENDING
         self.sock.sendall(dot_stuffed(attempt.message))
@@ -335,11 +347,17 @@ def audit_queue(mta: MTA, attempts: list[Attempt]) -> Audit:
     files = mta.content_files()
     orphans = {name: path for name, path in files.items() if name not in queued_seq.values()}
     assert set(ids) <= set(files)
-    could_leave_one = sum(1 for a in attempts if a.stage != CONNECTED and not a.accepted)
+    could_leave_one = sum(1 for a in attempts if a.may_leave_content and not a.accepted)
     assert len(orphans) <= could_leave_one, f"{len(orphans)} orphans, at most {could_leave_one} expected"
     now = time.time()
     for name, path in orphans.items():
         assert now - path.stat().st_mtime < ORPHAN_GRACE, f"{name}: an old orphan"
+        if content_ok(path):
+            # Complete: smtps saw the final dot, and then the commit failed or was cut.
+            seq = SEQ_HEADER.search(body_of(mta.content(name))).group(1).decode()
+            attempt = by_seq[seq]
+            assert attempt.may_be_queued and not attempt.accepted and seq not in queued_seq, (
+                f"orphan {name} holds {seq} ({attempt.stage}, {attempt.reply!r})")
     result.orphans = len(orphans)
     return result
 
