@@ -43,6 +43,10 @@ def counter_of(identifier: str) -> int:
     return int(identifier[1:17], 16)
 
 
+class IdUnavailable(Exception):
+    """No id can be handed out now (its reservation could not be written)."""
+
+
 class IdGenerator:
     """Hands out ids from a counter; asks ``reserve`` before crossing a reservation.
 
@@ -60,9 +64,16 @@ class IdGenerator:
         self.ceiling = start
 
     def new_id(self) -> str:
+        """The next id; :class:`IdUnavailable` when its reservation cannot be written."""
         if self.next >= self.ceiling:
-            self.ceiling = self.next + self.block
+            ceiling = self.next + self.block
             if self.reserve is not None:
-                self.reserve(self.ceiling)
+                try:
+                    self.reserve(ceiling)
+                except OSError as error:
+                    # The ceiling moves only once it is on disk: no id is ever handed out
+                    # that a restart could hand out again (D-ID-1).
+                    raise IdUnavailable(f"cannot reserve ids: {error.strerror or error}") from error
+            self.ceiling = ceiling
         counter, self.next = self.next, self.next + 1
         return format_id(counter, self.process_index)

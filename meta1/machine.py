@@ -36,6 +36,16 @@ I = TypeVar("I", bound=enum.Enum)
 TraceSink = Callable[[dict], None]
 
 
+class FastEnum(enum.Enum):
+    """An Enum whose members hash by identity (they are singletons), in C.
+
+    Python 3.11's ``Enum.__hash__`` is a Python function; every transition looks up a
+    ``(state, input)`` pair, so that is several Python calls per SMTP command.
+    """
+
+    __hash__ = object.__hash__
+
+
 @dataclass(frozen=True)
 class Transition(Generic[S]):
     """One table row: run ``action``, then be in ``next``."""

@@ -20,11 +20,11 @@ def test_paths(tmp_path: pathlib.Path) -> None:
     assert layout.id_state == tmp_path / "smtps" / "idstate"
 
 
-def test_content_path_uses_the_last_digit_of_the_counter(tmp_path: pathlib.Path) -> None:
+def test_content_path_uses_the_third_lowest_digit_of_the_counter(tmp_path: pathlib.Path) -> None:
     layout = QueueLayout(tmp_path)
-    assert layout.content_relpath("S0000018C2B7E5F0A07") == "cdb/a/S0000018C2B7E5F0A07"
-    assert layout.content_path("S0000018C2B7E5F0A07") == tmp_path / "cdb" / "a" / "S0000018C2B7E5F0A07"
-    assert QueueLayout("q", cdb_dir="content").content_relpath("S000000000000000F00") == "content/f/S000000000000000F00"
+    assert layout.content_relpath("S0000018C2B7E5F0A07") == "cdb/f/S0000018C2B7E5F0A07"
+    assert layout.content_path("S0000018C2B7E5F0A07") == tmp_path / "cdb" / "f" / "S0000018C2B7E5F0A07"
+    assert QueueLayout("q", cdb_dir="content").content_relpath("S000000000000000F00") == "content/0/S000000000000000F00"
 
 
 @pytest.mark.parametrize("bad", ["S0000018c2b7e5f0a00", "S0000018C2B7E5F0A0", "S0000018C2B7E5F0A000",

@@ -31,7 +31,7 @@ EXPECTED = {
     "BARE_LINE_ENDING": (550, "5.5.2"), "DATA_LINE_TOO_LONG": (550, "5.6.0"),
     "HEADER_NUL": (554, "5.6.0"), "TOO_MANY_HOPS": (554, "5.4.0"), "TIMEOUT": (421, "4.4.2"),
     "TOO_MANY_ERRORS": (421, "4.7.0"), "TOO_MANY_JUNK": (421, "4.7.0"),
-    "SHUTDOWN": (421, "4.3.2"),
+    "SHUTDOWN": (421, "4.3.2"), "LOCAL_ERROR": (421, "4.3.0"),
     "AUTH_UNAVAILABLE": (502, "5.5.1"), "BDAT_SYNTAX": (501, "5.5.4"),
     "BDAT_MIX": (503, "5.5.1"), "TOO_MANY_SESSIONS": (421, "4.3.2"),
 }

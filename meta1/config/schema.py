@@ -340,6 +340,12 @@ QMGR = SectionSpec(
         OptionSpec("config_map", Reference("map"), NOT_SET,
                    "Map of per-IP limits (oci:, ocm:, ocr:, oct:, icm:, icr: tags).", R,
                    unset_means="no per-IP limits beyond the smtpc section's"),
+        OptionSpec("content_sync", Enum(("filesystem", "files")), "filesystem",
+                   "How a commit batch makes its content files durable before the IBDB "
+                   "append: one syncfs(2) of the queue file system, or an fdatasync per "
+                   "file and an fsync per directory. Both are durable; 'files' keeps other "
+                   "writers' data on a shared file system out of meta1's commits (D-RCV-4).",
+                   EXT),
     ),
     sections=(
         SectionSpec(

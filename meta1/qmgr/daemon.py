@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 import logging
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from meta1.ids import ID_PATTERN
 from meta1.eventloop import (Connection, EventLoop, GroupCommit, Listener, WorkerPool,
                              listen_unix)
 from meta1.ipc.records import Commit, CommitResult, Transaction
+from meta1.queue.cdb import syncfs
 from meta1.queue.ibdb import IncomingLog, replay
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import RecordLink
@@ -67,6 +69,11 @@ class QueueManager:
         self.links: set[RecordLink] = set()
         self.failed: dict[str, str] = {}
         self.syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="qmgr-sync")
+        self.sync_filesystem = config.qmgr.content_sync == "filesystem"
+        if self.sync_filesystem and syncfs is None:
+            log.warning("content_sync = filesystem: no syncfs(2) here; syncing file by file")
+            self.sync_filesystem = False
+        self.root_fd = os.open(self.layout.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.directory_fds: dict[str, int] = {}
         self.listener: Listener | None = None
         self.stopping = False
@@ -125,15 +132,20 @@ class QueueManager:
     def _flush(self, batch: list[Transaction]) -> None:
         """In the worker thread: content first, then names, then envelopes, per batch.
 
-        The content files' ``fdatasync``s run concurrently (``SYNC_THREADS``): the file
-        system merges concurrent syncs into shared journal commits — measured here, ten
-        5 KB files sync in about 1.1 ms together against 3.5 ms one after the other. Then
-        each directory that got a new file is synced once, then the IBDB append is
-        written and synced. A transaction whose content cannot be synced (missing, not
-        where its id says, an I/O error) fails alone: it is left out of the IBDB append
-        and noted in ``self.failed`` for its completion to report; the others go on.
+        ``content_sync = filesystem`` (the default): one ``syncfs`` of the queue file
+        system makes every content file of the batch and its directory entry durable —
+        measured here, 0.5 ms and 0.06 ms of CPU for ten 5 KB files, against 0.9 ms and
+        0.5 ms of CPU for concurrent per-file syncs. ``content_sync = files``: the
+        content files' ``fdatasync``s run concurrently (the file system merges them into
+        shared journal commits), then each directory that got a new file is synced once.
+        Either way the IBDB append is written and synced after. A transaction whose
+        content cannot be synced (missing, not where its id says, an I/O error on its own
+        file) fails alone: it is left out of the IBDB append and noted in ``self.failed``
+        for its completion to report; the others go on. A failed ``syncfs`` fails the
+        whole batch (it cannot say which file it was).
         """
-        outcomes = list(self.syncers.map(self._sync_content, batch))
+        check = self._check_content if self.sync_filesystem else self._sync_content
+        outcomes = list(map(check, batch)) if self.sync_filesystem else list(self.syncers.map(check, batch))
         durable: list[Transaction] = []
         directories: set[str] = set()
         for transaction, failure in zip(batch, outcomes):
@@ -142,11 +154,25 @@ class QueueManager:
                 continue
             durable.append(transaction)
             directories.add(os.path.dirname(transaction.content))
-        for _ in self.syncers.map(self._sync_directory, sorted(directories)):
-            pass
-        if durable:
-            self.ibdb.append_batch(durable)
-            self.ibdb.rotate_if_needed()
+        if not durable:
+            return
+        if self.sync_filesystem:
+            syncfs(self.root_fd)
+        else:
+            for _ in self.syncers.map(self._sync_directory, sorted(directories)):
+                pass
+        self.ibdb.append_batch(durable)
+        self.ibdb.rotate_if_needed()
+
+    def _check_content(self, transaction: Transaction) -> str | None:
+        """The content file is where the id says, a regular file (syncfs syncs it)."""
+        if transaction.content != self.layout.content_relpath(transaction.ta_id):
+            return f"content path {transaction.content!r} does not match the id"
+        try:
+            mode = os.lstat(self.layout.root / transaction.content).st_mode
+        except OSError as error:
+            return f"content file: {error.strerror or error}"
+        return None if stat.S_ISREG(mode) else "content file is not a regular file"
 
     def _sync_directory(self, directory: str) -> None:
         fd = self.directory_fds.get(directory)
@@ -250,6 +276,7 @@ class QueueManager:
             self.ibdb.close()
             for fd in self.directory_fds.values():
                 os.close(fd)
+            os.close(self.root_fd)
             os.close(self.lock_fd)
             log.info("stopped")
 

@@ -248,3 +248,25 @@ def fsync_directories(dirs: Iterable[str | os.PathLike]) -> None:
         finally:
             os.close(fd)
 
+
+
+def _load_syncfs():
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (ImportError, OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+
+    def syncfs(fd: int) -> None:
+        if function(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error))
+    return syncfs
+
+
+#: ``syncfs(fd)``: flush every dirty file of the file system holding ``fd`` and wait
+#: (Linux syncfs(2), which reports write-back errors since 5.8); None where the C library
+#: has none. The standard library has only ``os.sync``, which flushes every file system.
+syncfs = _load_syncfs()

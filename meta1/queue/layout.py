@@ -8,8 +8,8 @@ Responsibilities
 Layout
     ::
 
-        cdb/0 … cdb/f/<ta-id>          content files; the subdirectory is the last hex digit
-                                       of the id's 16-digit counter (lower case)
+        cdb/0 … cdb/f/<ta-id>          content files; the subdirectory is the third-lowest
+                                       hex digit of the id's counter (lower case)
         ibdb/<16 decimal digits>.ibdb  the incoming log, a sequence of files
         quarantine/                    damaged files, each with a <name>.why note
         qmgr/smtpsqmgr                 UNIX socket smtps → qmgr
@@ -82,10 +82,16 @@ class QueueLayout:
             os.chmod(directory, DIRECTORY_MODE)  # mkdir's mode is masked by the umask
 
     def content_relpath(self, ta_id: str) -> str:
-        """The content file of ``ta_id`` relative to the queue directory, e.g. ``cdb/a/S…``
-        (absolute when ``cdb_dir`` is)."""
+        """The content file of ``ta_id`` relative to the queue directory, e.g. ``cdb/f/S…``
+        (absolute when ``cdb_dir`` is).
+
+        The subdirectory is the counter's third-lowest hex digit (``ta_id[14]``), which
+        changes every 256 ids: the files of one commit batch — consecutive ids — share
+        one or two directories, so qmgr's group commit syncs one or two directories per
+        batch instead of up to sixteen, while over time the files still spread evenly.
+        """
         check_ta_id(ta_id)
-        return str(self._cdb_dir / ta_id[16].lower() / ta_id)
+        return str(self._cdb_dir / ta_id[14].lower() / ta_id)
 
     def content_path(self, ta_id: str) -> pathlib.Path:
         """The content file of ``ta_id``."""

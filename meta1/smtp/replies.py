@@ -205,6 +205,7 @@ class R:
     TOO_MANY_ERRORS = _r(421, "4.7.0", "Too many errors; closing connection")
     TOO_MANY_JUNK = _r(421, "4.7.0", "Too many unrecognized commands; closing connection")
     SHUTDOWN = _r(421, "4.3.2", "{hostname} shutting down")
+    LOCAL_ERROR = _r(421, "4.3.0", "{hostname} local error; try again later")
     TOO_MANY_SESSIONS = _r(421, "4.3.2", "{hostname} too many sessions; try again later")
 
     # Extensions not offered

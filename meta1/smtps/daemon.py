@@ -54,7 +54,7 @@ from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import RecordLink
 from meta1.runtime.process import local_hostname
 from meta1.smtp import R
-from meta1.ids import IdGenerator
+from meta1.ids import IdGenerator, IdUnavailable
 from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenContent, Send,
                                  Session, Settings, WriteContent)
 
@@ -164,19 +164,30 @@ class SmtpServerConnection(Protocol):
     def connection_made(self, conn: Connection) -> None:
         self.conn = conn
         address, port = _peer(conn.sock)
-        self.session = Session(self.server.settings, self.server, client_address=address,
-                               client_port=port, trace=self.server.trace,
-                               clock=self.server.loop.time)
+        try:
+            self.session = Session(self.server.settings, self.server, client_address=address,
+                                   client_port=port, trace=self.server.trace,
+                                   clock=self.server.loop.time)
+        except IdUnavailable as error:
+            # No id, no session (every log line needs one): tell the client to come back.
+            log.error("connection from [%s]:%d refused: %s", address, port, error)
+            conn.write(R.LOCAL_ERROR.format(hostname=self.server.settings.hostname).encode())
+            conn.close_when_flushed()
+            return
         self.server.sessions.add(self)
         self.apply(self.session.start())
 
     def data_received(self, data: bytes) -> None:
-        self.apply(self.session.receive(data))
+        if self.session is not None:
+            self.apply(self.session.receive(data))
 
     def eof_received(self) -> None:
-        self.apply(self.session.eof())
+        if self.session is not None:
+            self.apply(self.session.eof())
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self.session is None:
+            return      # refused before a session existed
         if exc is not None:
             # MeTA1 2014-01-16: read errors in smtps are logged at NOTICE (B54) — INFO here.
             log.info("%s: read error: %s", self.session.id, exc)

@@ -54,7 +54,7 @@ from meta1.smtp import (BareLF, ContentScanner, DataDecoder, Extensions, LineFra
                         LineTooLong, MailArgs, R, Reply, SMTPError, comment_safe, format_date,
                         parse_mail, parse_rcpt, printable)
 from meta1.smtps.commands import COMMANDS, Command, split_command
-from meta1.ids import recipient_id
+from meta1.ids import IdUnavailable, recipient_id
 from meta1.smtps.states import TABLE, Input, State
 
 log = logging.getLogger("meta1.smtps")
@@ -108,7 +108,7 @@ class Services(Protocol):
         """Wall-clock time in microseconds since the epoch (Received date, arrival)."""
 
     def new_id(self) -> str:
-        """A fresh session/transaction id (:mod:`meta1.ids`)."""
+        """A fresh session/transaction id (:mod:`meta1.ids`); may raise IdUnavailable."""
 
     def storage_ok(self) -> bool:
         """False when the queue file system is below its free-space reserve."""
@@ -459,13 +459,18 @@ class Session:
 
     _parse_ehlo = _parse_helo
 
-    def _parse_mail(self, argument: str) -> MailArgs:
+    def _parse_mail(self, argument: str) -> tuple[MailArgs, str]:
         args = parse_mail(argument, self._extensions())
         if args.size is not None and args.size > self.settings.max_message_size:
             raise SMTPError(R.SIZE_EXCEEDED)      # RFC 1870 §6.1
         if not self.services.storage_ok():
             raise SMTPError(R.INSUFFICIENT_STORAGE)   # reliability R6, Postfix 452 4.3.1
-        return args
+        try:
+            ta_id = self.services.new_id()
+        except IdUnavailable as error:
+            log.error("%s: no transaction id: %s", self.id, error)
+            raise SMTPError(R.QUEUE_ERROR) from None
+        return args, ta_id
 
     def _parse_rcpt(self, argument: str):
         assert self.tx is not None
@@ -556,8 +561,9 @@ class Session:
         self._reply(R.BYE.format(hostname=self.settings.hostname))
         self._close("quit")
 
-    def _do_mail(self, args: MailArgs):
-        self.tx = _Transaction(ta_id=self.services.new_id(), mail=args)
+    def _do_mail(self, mail: tuple[MailArgs, str]):
+        args, ta_id = mail
+        self.tx = _Transaction(ta_id=ta_id, mail=args)
         log.info("%s: ta=%s mail from=%s%s", self.id, self.tx.ta_id, _shown(str(args.path)),
                  f" size={args.size}" if args.size is not None else "")
         self._reply(R.SENDER_OK.format(address=args.path.address))

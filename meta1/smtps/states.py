@@ -21,12 +21,10 @@ Reading the table
 
 from __future__ import annotations
 
-import enum
-
-from meta1.machine import Transition
+from meta1.machine import FastEnum, Transition
 
 
-class State(enum.Enum):
+class State(FastEnum):
     CONNECTED = "connected"          # accepted; greeting not yet sent
     GREETED = "greeted"              # 220 sent; HELO/EHLO expected
     READY = "ready"                  # after HELO/EHLO; no transaction
@@ -41,7 +39,7 @@ class State(enum.Enum):
     CLOSING = "closing"              # final reply queued; output is flushed, then closed
 
 
-class Input(enum.Enum):
+class Input(FastEnum):
     START = "start"
     HELO = "HELO"
     EHLO = "EHLO"
