@@ -314,6 +314,12 @@ class Server:
             return ""
 
 
+#: smtps processes sharing the listen socket (the smtps option ``processes``): one per
+#: CPU core, as Postfix runs one smtpd process per session (up to 100). Set with
+#: --smtps-processes.
+SMTPS_PROCESSES = max(1, min(4, os.cpu_count() or 1))
+
+
 class Meta1Server(Server):
     """smtps and qmgr of this checkout on a private queue directory."""
 
@@ -337,7 +343,8 @@ class Meta1Server(Server):
         self.queue.mkdir(parents=True)
         self.config.write_text(
             f'queue_directory = "{self.queue}";\n'
-            "smtps { listen_socket { type = inet; address = 127.0.0.1;"
+            f"smtps {{ processes = {SMTPS_PROCESSES};"
+            " listen_socket { type = inet; address = 127.0.0.1;"
             f" port = {self.port}; }} }}\n"
         )
         log = self.log.open("ab")
@@ -683,6 +690,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="give up on a run after this long (default 30 + messages/20)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the raw figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the queues and logs")
+    parser.add_argument("--smtps-processes", type=int, default=None, metavar="N",
+                        help="meta1 smtps processes (default: one per CPU core, at most 4)")
     arguments = parser.parse_args(argv)
     if arguments.messages < 1 or arguments.size < 0:
         parser.error("--messages must be positive and --size not negative")
@@ -693,6 +702,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
+    if arguments.smtps_processes is not None:
+        global SMTPS_PROCESSES
+        SMTPS_PROCESSES = max(1, arguments.smtps_processes)
     # SIGTERM/SIGHUP unwind like Ctrl-C, so every finally and atexit handler stops servers.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda number, frame: sys.exit(128 + number))

@@ -124,7 +124,8 @@ def run_daemon(args, config: Config) -> int:
             return EX_TEMPFAIL
     from meta1.smtps.daemon import serve as serve_smtps
     try:
-        return serve_smtps(config, args.name, args.index)
+        return serve_smtps(config, args.name, args.index,
+                           relog=lambda index: setup_logging(f"smtps.{index}", config.log_level))
     except OSError as error:
         print(f"meta1 smtps: {error}", file=sys.stderr)
         return EX_TEMPFAIL

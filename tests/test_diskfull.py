@@ -47,7 +47,7 @@ import pytest
 from meta1.ids import counter_of
 from meta1.queue.ibdb import log_files
 from meta1.queue.layout import QueueLayout
-from mta import MTA, body_of
+from mta import MTA, body_of, wait_for
 
 SENDER = "sender@full.test"
 RECIPIENT = "rcpt@full.test"
@@ -229,9 +229,10 @@ def test_content_that_does_not_fit_gets_451_and_leaves_nothing(tmp_path):
             free, files, logs = free_bytes(queue.root), queue.mta.content_files(), queue.ibdb_sizes()
             outcome = queue.send(smtp, "too-big", free + (512 << 10))
             assert (outcome.code, outcome.text[:5]) == (451, "4.3.0"), str(outcome)
-            # The partial file is gone and its blocks with it; the log is untouched.
-            assert free_bytes(queue.root) == free
-            assert queue.mta.content_files() == files
+            # The partial file is gone and its blocks with it (removed by smtps' opener
+            # thread just after the reply); the log is untouched.
+            wait_for(lambda: queue.mta.content_files() == files and free_bytes(queue.root) == free,
+                     timeout=10, what="the partial content file to be removed")
             assert queue.ibdb_sizes() == logs
             assert "No space left on device" in queue.mta.log("smtps")
             # The session goes on, and a message that fits is accepted.
@@ -250,7 +251,8 @@ def test_a_full_queue_refuses_everything_then_recovers_without_restart(tmp_path)
             for number, size in enumerate((0, 100, 5000, 200 << 10)):
                 outcome = queue.send(smtp, f"full-{number}", size)
                 assert outcome.code in (451, 452) and outcome.text[1:4] == ".3.", str(outcome)
-            assert queue.mta.content_files() == files
+            wait_for(lambda: queue.mta.content_files() == files, timeout=10,
+                     what="refused content files to be removed")
             assert queue.ibdb_sizes() == logs
             assert free_bytes(queue.root) == 0
             assert same_processes(queue, pids)

@@ -408,6 +408,10 @@ SMTPS = SectionSpec(
         OptionSpec("max_data_line_length", Integer(998, 1 << 20), 998,
                    "Longest message line, CRLF excluded (RFC 5322 §2.1.1: 998).", EXT),
         OptionSpec("max_sessions", Integer(1, 100_000), 1000, "Concurrent sessions of this server.", EXT),
+        OptionSpec("processes", Integer(1, 64), 1,
+                   "SMTP server processes sharing the listen socket, each with its own process "
+                   "index in ids (reference §1.2a: the last two hex digits) and max_sessions "
+                   "sessions. More than one uses more CPU cores (D-SMTPS-11).", EXT),
         OptionSpec("min_free_space", Size(0), 32 << 20,
                    "Free space the queue file system must keep; below it MAIL gets 452 4.3.1.", EXT),
     ),

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 EX_OK = 0
 EX_SOFTWARE = 70
@@ -44,11 +45,17 @@ def setup_logging(daemon: str, log_level: int = 9) -> None:
 
 
 class _Formatter(logging.Formatter):
+    _second = -1
+    _prefix = ""
+
     def formatTime(self, record, datefmt=None):  # noqa: N802 - logging's name
         # The record's time is now: it fits the platform's time_t until 2038 on i386.
-        import time
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + \
-            f".{int(record.msecs):03d}Z"
+        # The date part is formatted once per second (several lines per message).
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int(record.msecs):03d}Z"
 
 
 def local_hostname(configured) -> str:

@@ -46,8 +46,8 @@ import socket
 import time
 from pathlib import Path
 
-from meta1.eventloop import (Connection, EventLoop, Listener, Protocol, connect_unix,
-                             listen_tcp, listen_unix)
+from meta1.eventloop import (Connection, EventLoop, Listener, Protocol, WorkerPool,
+                             connect_unix, listen_tcp, listen_unix)
 from meta1.ipc.records import Commit, CommitResult, Transaction
 from meta1.queue.cdb import ContentWriter, fsync_directories
 from meta1.queue.layout import QueueLayout
@@ -61,6 +61,8 @@ from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenConte
 log = logging.getLogger("meta1.smtps")
 
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+#: Content held in memory while its file is being created; past it reading pauses.
+PENDING_LIMIT = 256 * 1024
 
 
 class QmgrClient:
@@ -157,7 +159,12 @@ class SmtpServerConnection(Protocol):
         self.session: Session | None = None
         self.writer: ContentWriter | None = None
         self.write_error: str | None = None
+        self.opening: str | None = None
+        self.pending = bytearray()
+        self.waiting_commit: Transaction | None = None
+        self._open_token = None
         self.timer = None
+        self.deadline: float | None = None
 
     # -- connection events --------------------------------------------------------------
 
@@ -220,59 +227,113 @@ class SmtpServerConnection(Protocol):
                     self.server.sessions.discard(self)
         if conn.closing or conn.closed:
             return
-        if self.session.wants_input:
-            conn.resume_reading()
-        else:
-            conn.pause_reading()
+        self._update_reading()
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        self._cancel_timer()
+        # One timer per connection, moved lazily: activity only pushes the deadline, and
+        # a timer that fires early re-arms itself for the rest (no heap push per command).
         timeout = self.session.idle_timeout
-        if timeout is not None:
-            self.timer = self.server.loop.call_later(timeout, self._timed_out)
+        if timeout is None:
+            self.deadline = None
+            return
+        loop = self.server.loop
+        self.deadline = loop.time() + timeout
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadline, self._timer_fired)
 
     def _cancel_timer(self) -> None:
+        self.deadline = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _timed_out(self) -> None:
+    def _timer_fired(self) -> None:
         self.timer = None
+        if self.deadline is None or self.session is None:
+            return
+        if self.server.loop.time() < self.deadline:
+            self.timer = self.server.loop.call_at(self.deadline, self._timer_fired)
+            return
+        self.deadline = None
         self.apply(self.session.timeout())
 
     # -- the content file ----------------------------------------------------------------
+    #
+    # Creating a file waits on the file system's journal, which qmgr's group commits keep
+    # busy (py-spy: about a quarter of the loop's time under smtp-source went to open()).
+    # So the file is created by one opener thread, asked for at MAIL (OpenContent), and
+    # is normally ready when the content comes two round trips later; content that
+    # arrives before it is held in memory (bounded: reading pauses past PENDING_LIMIT).
+    # Removing a file (a transaction that ends without a commit) is the opener's job too.
 
     def _open(self, ta_id: str) -> None:
         self._discard()
         self.write_error = None
-        try:
-            self.writer = ContentWriter(self.server.layout, ta_id, created=self.server.now_us())
-        except OSError as error:
-            self._failed_write(ta_id, error)
+        token = self._open_token = object()
+        self.opening = ta_id
+        created = self.server.now_us()
+        self.server.opener.submit(
+            lambda: ContentWriter(self.server.layout, ta_id, created=created),
+            lambda writer, exc: self._opened(token, ta_id, writer, exc))
+
+    def _opened(self, token, ta_id: str, writer, exc) -> None:
+        if token is not self._open_token:
+            if writer is not None:       # the transaction ended meanwhile
+                self.server.remove_content(writer)
+            return
+        self.opening = None
+        if exc is not None:
+            self._failed_write(ta_id, exc)
+        else:
+            self.writer = writer
+        pending, self.pending = bytes(self.pending), bytearray()
+        if pending:
+            self._write(pending)
+        if self.waiting_commit is not None:
+            transaction, self.waiting_commit = self.waiting_commit, None
+            self._commit(transaction)
+        elif self.conn is not None and not (self.conn.closed or self.conn.closing):
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self.session.wants_input and len(self.pending) < PENDING_LIMIT:
+            self.conn.resume_reading()
+        else:
+            self.conn.pause_reading()
 
     def _write(self, data: bytes) -> None:
+        if self.opening is not None:
+            self.pending += data
+            return
         if self.writer is None:
             return
         try:
             self.writer.write(data)
         except OSError as error:
             self._failed_write(self.writer.path.name, error)
-            self.writer.abort()
+            self.server.remove_content(self.writer)
             self.writer = None
 
-    def _failed_write(self, ta_id: str, error: OSError) -> None:
+    def _failed_write(self, ta_id: str, error: BaseException) -> None:
         # Keep reading the data to its end (the client is still sending it), answer 451
-        # then (reliability R2); the partial file is gone already.
-        self.write_error = f"content file: {error.strerror or error}"
+        # then (reliability R2); the partial file is removed.
+        self.write_error = f"content file: {getattr(error, 'strerror', None) or error}"
         log.error("%s: ta=%s %s", self.session.id, ta_id, self.write_error)
 
     def _discard(self) -> None:
+        self._open_token = None
+        self.opening = None
+        self.pending = bytearray()
+        self.waiting_commit = None
         if self.writer is not None:
-            self.writer.abort()
+            self.server.remove_content(self.writer)
             self.writer = None
 
     def _commit(self, transaction: Transaction) -> None:
+        if self.opening is not None:
+            self.waiting_commit = transaction      # the file is still being created
+            return
         writer, self.writer = self.writer, None
         if writer is None:
             self._commit_done(False, self.write_error or "no content file")
@@ -281,24 +342,33 @@ class SmtpServerConnection(Protocol):
             writer.finish()
             writer.close()
         except OSError as error:
-            writer.abort()
+            self.server.remove_content(writer)
             self._commit_done(False, f"content file: {error.strerror or error}")
             return
         transaction = dataclasses.replace(transaction, content=writer.relpath)
 
         def answered(ok: bool, reason: str, uncertain: bool) -> None:
             if not ok and not uncertain:
-                writer.abort()
+                self.server.remove_content(writer)
             self._commit_done(ok, reason)
 
         if not self.server.qmgr.commit(transaction, answered):
-            writer.abort()
+            self.server.remove_content(writer)
             self._commit_done(False, "qmgr not connected")
 
     def _commit_done(self, ok: bool, reason: str) -> None:
         self.apply(self.session.commit_result(ok, reason))
         if self.conn.closed or self.session.state.name == "CLOSING":
             self.server.sessions.discard(self)
+
+
+def bind(node) -> list[socket.socket]:
+    """The listen socket of an smtps section (bound here until mcp passes it, issue 5)."""
+    listen = node.listen_socket
+    if listen.type == "unix":
+        return [listen_unix(str(listen.path))]
+    address = listen.address if isinstance(listen.address, str) else "0.0.0.0"
+    return [listen_tcp(address, listen.port)]
 
 
 def _peer(sock: socket.socket) -> tuple[str, int]:
@@ -331,11 +401,13 @@ class SmtpServer:
         self.min_free_space = self.node.min_free_space
         self.sessions: set[SmtpServerConnection] = set()
         self.ids = IdGenerator(self._id_start(), instance, reserve=self._reserve_ids)
+        self.opener = WorkerPool(self.loop, threads=1, name="smtps-opener")
         self.qmgr = QmgrClient(self.loop, self.layout.smtps_socket, instance,
                                commit_timeout=float(self.node.io_timeout))
-        self.listen_sockets = listen_sockets if listen_sockets is not None else self._bind()
+        self.listen_sockets = listen_sockets if listen_sockets is not None else bind(self.node)
         self.listeners: list[Listener] = []
         self.stopping = False
+        self.on_shutdown = None
 
     # -- Services for the sessions ---------------------------------------------------------
 
@@ -352,21 +424,32 @@ class SmtpServer:
             return False
         return st.f_bavail * st.f_frsize >= self.min_free_space
 
+    def remove_content(self, writer: ContentWriter) -> None:
+        """Remove a content file off the event loop (unlink waits on the journal too)."""
+        self.opener.submit(writer.abort, lambda _r, _exc: None)
+
     # -- ids that survive restarts -----------------------------------------------------------
+
+    @property
+    def id_state(self) -> Path:
+        """This process index's id reservation: ``smtps/idstate`` for index 0, else
+        ``smtps/idstate.NN`` (each index counts on its own; the index keeps ids apart)."""
+        path = self.layout.id_state
+        return path if self.instance == 0 else path.with_name(f"{path.name}.{self.instance:02X}")
 
     def _id_start(self) -> int:
         stored = 0
         try:
-            stored = int(self.layout.id_state.read_text().strip(), 16)
+            stored = int(self.id_state.read_text().strip(), 16)
         except FileNotFoundError:
             pass
         except ValueError:
-            log.warning("%s is damaged; ids continue from the clock", self.layout.id_state)
+            log.warning("%s is damaged; ids continue from the clock", self.id_state)
         return max(stored, self.now_us())
 
     def _reserve_ids(self, ceiling: int) -> None:
-        path = self.layout.id_state
-        tmp = path.with_suffix(".tmp")
+        path = self.id_state
+        tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, f"{ceiling:016X}\n".encode())
@@ -377,13 +460,6 @@ class SmtpServer:
         fsync_directories([path.parent])
 
     # -- sockets -------------------------------------------------------------------------------
-
-    def _bind(self) -> list[socket.socket]:
-        listen = self.node.listen_socket
-        if listen.type == "unix":
-            return [listen_unix(str(listen.path))]
-        address = listen.address if isinstance(listen.address, str) else "0.0.0.0"
-        return [listen_tcp(address, listen.port)]
 
     def listening_on(self) -> list[str]:
         names = []
@@ -421,6 +497,8 @@ class SmtpServer:
             return
         self.stopping = True
         log.info("shutting down: %d sessions open", len(self.sessions))
+        if self.on_shutdown is not None:
+            self.on_shutdown()
         for listener in self.listeners:
             listener.close()
         for connection in list(self.sessions):
@@ -441,10 +519,51 @@ class SmtpServer:
             self.loop.run()
         finally:
             self.qmgr.stop()
+            self.opener.shutdown(wait=True)
             log.info("stopped")
 
 
-def serve(config, name: str | None = None, instance: int = 0) -> int:
-    server = SmtpServer(config, name, instance=instance)
-    server.run()
+def serve(config, name: str | None = None, instance: int = 0, *,
+          relog=None) -> int:
+    """Run the smtps section ``name``: ``processes`` processes sharing its listen socket.
+
+    The socket is bound once, then the process forks one child per extra process, each
+    with the next process index (ids stay unique: the index is part of every id). The
+    parent serves too, and passes SIGTERM on to its children and waits for them. The
+    children are created before any thread or event loop exists (``fork`` copies only
+    the calling thread). Supervising them — restarting one that dies — is mcp's work.
+    ``relog(index)`` sets up logging again in a child (its pid is in every line).
+    """
+    count = config.smtps[name].processes
+    sockets = bind(config.smtps[name])
+    children: list[int] = []
+    index = instance
+    for offset in range(1, count):
+        pid = os.fork()
+        if pid == 0:
+            children = []
+            index = instance + offset
+            if relog is not None:
+                relog(index)
+            break
+        children.append(pid)
+    server = SmtpServer(config, name, instance=index, listen_sockets=sockets)
+    if children:
+        def stop_children() -> None:
+            for child in children:
+                try:
+                    os.kill(child, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        server.on_shutdown = stop_children
+    try:
+        server.run()
+    finally:
+        for child in children:
+            try:
+                os.waitpid(child, 0)
+            except ChildProcessError:
+                pass
+    if not children and index != instance:
+        os._exit(0)      # a child: no atexit handlers of the parent's interpreter state
     return 0

@@ -18,8 +18,8 @@ The interface (sans-I/O)
         session.timeout() / eof() / shutdown()
 
     Effects: :class:`Send` (bytes for the client), :class:`Close` (after the output is
-    written), :class:`OpenContent` / :class:`WriteContent` / :class:`DiscardContent` (the
-    CDB content file), :class:`CommitContent` (make the content durable, hand the
+    written), :class:`OpenContent` (at MAIL) / :class:`WriteContent` /
+    :class:`DiscardContent` (the CDB content file), :class:`CommitContent` (make the content durable, hand the
     transaction to qmgr, then call ``commit_result``). The session never touches a
     socket, a file or the clock: "now" and new ids come from the injected
     :class:`Services`, so tests run it on a manual clock and fixed ids.
@@ -563,7 +563,11 @@ class Session:
 
     def _do_mail(self, mail: tuple[MailArgs, str]):
         args, ta_id = mail
-        self.tx = _Transaction(ta_id=ta_id, mail=args)
+        self.tx = _Transaction(ta_id=ta_id, mail=args, content_open=True)
+        # The content file is asked for now, two round trips before the content comes:
+        # the daemon creates it off the event loop meanwhile (file creation waits on the
+        # file system's journal). A transaction that never reaches DATA discards it.
+        self._emit(OpenContent(ta_id))
         log.info("%s: ta=%s mail from=%s%s", self.id, self.tx.ta_id, _shown(str(args.path)),
                  f" size={args.size}" if args.size is not None else "")
         self._reply(R.SENDER_OK.format(address=args.path.address))
@@ -579,27 +583,26 @@ class Session:
         self._reply(R.RECIPIENT_OK.format(address=args.path.address))
 
     def _do_data(self, _):
-        self._open_content()
+        self._start_content()
         self._decoder = DataDecoder()
         self._reply(R.START_DATA)
 
     def _do_chunk(self, chunk: tuple[int, bool]):
         size, last = chunk
-        if self.tx is not None and not self.tx.content_open:
-            self._open_content()
+        if self.tx is not None and self.tx.scanner is None:
+            self._start_content()
         self._chunk_size, self._chunk_left, self._chunk_last = size, size, last
 
     def _do_end_of_chunk(self, _):
         self._reply(R.CHUNK_OK.format(size=self._chunk_size))
 
-    def _open_content(self) -> None:
+    def _start_content(self) -> None:
+        """DATA or the first BDAT: the content begins with our Received header."""
         tx = self.tx
         assert tx is not None
-        tx.content_open = True
         tx.scanner = ContentScanner(max_size=self.settings.max_message_size,
                                     max_line_length=self.settings.max_data_line_length,
                                     max_hops=self.settings.max_hops)
-        self._emit(OpenContent(tx.ta_id))
         header = self._received_header(tx)
         tx.content_size += len(header)
         self._emit(WriteContent(header))
