@@ -79,3 +79,37 @@ def test_without_qmgr_the_final_dot_gets_451_never_250(tmp_path):
         assert b" accepted\r\n" in read_until_closed(sock)
         sock.close()
         assert len(mta.mailq()) == 1
+
+
+def send_one(port: int, tag: str) -> bytes:
+    sock = connect(port)
+    sock.sendall(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+                 b"DATA\r\nSubject: " + tag.encode() + b"\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+    out = read_until_closed(sock)
+    sock.close()
+    return out
+
+
+def test_two_processes_share_the_listen_socket(tmp_path):
+    """processes = 2: a forked second smtps (process index 01) serves the same port."""
+    import re
+    with MTA(tmp_path, extra_smtps="processes = 2;") as mta:
+        wait_for(lambda: mta.log("smtps").count("ready: listening") == 2, what="both processes")
+        wait_for(lambda: mta.log("smtps").count("connected to qmgr") == 2, what="both linked")
+        assert "smtps.1[" in mta.log("smtps")
+        ids = [re.search(rb"250 2\.0\.0 (S[0-9A-F]{18}) accepted", send_one(mta.port, str(n))).group(1)
+               for n in range(12)]
+        assert {i[-2:] for i in ids} <= {b"00", b"01"}
+        assert len(mta.mailq()) == 12
+        assert (mta.queue / "smtps" / "idstate").exists()
+        mta.kill("smtps", signal.SIGTERM)
+        assert mta.procs["smtps"].returncode == 0
+        assert mta.log("smtps").count(": stopped") == 2      # the parent waited for its child
+
+
+def test_content_sync_files_mode(tmp_path):
+    """qmgr { content_sync = files; }: per-file fdatasync and per-directory fsync."""
+    with MTA(tmp_path, extra_global="qmgr { content_sync = files; }") as mta:
+        assert b" accepted\r\n" in send_one(mta.port, "files")
+        (entry,) = mta.mailq()
+        assert mta.content(entry["id"]).endswith(b"\r\nbody\r\n")
