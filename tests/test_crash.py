@@ -74,10 +74,10 @@ SETTINGS = "min_free_space = 0;"
 # -- the ledger ----------------------------------------------------------------------------
 
 # How far an attempt got, in order. smtps creates the content file when it accepts the
-# DATA command, so from DATA_COMMAND on an attempt may leave an orphan; only an attempt
+# MAIL command (D-RCV-5), so from MAIL_COMMAND on an attempt may leave an orphan; only an attempt
 # whose final dot was handed to the kernel may be in the queue without a 250.
-STAGES = (CONNECTED, DATA_COMMAND, DATA_SENDING, DOT_SENT, REPLIED) = (
-    "connected", "data-command", "data", "dot", "replied")
+STAGES = (CONNECTED, MAIL_COMMAND, DATA_SENDING, DOT_SENT, REPLIED) = (
+    "connected", "mail-command", "data", "dot", "replied")
 SEQ_HEADER = re.compile(rb"^X-Test-Seq: (\S+)\r\n", re.M)
 
 
@@ -102,7 +102,7 @@ class Attempt:
 
     @property
     def may_leave_content(self) -> bool:
-        return STAGES.index(self.stage) >= STAGES.index(DATA_COMMAND)
+        return STAGES.index(self.stage) >= STAGES.index(MAIL_COMMAND)
 
 
 @dataclass
@@ -199,10 +199,10 @@ class SmtpClient:
     def send(self, attempt: Attempt) -> None:
         """One transaction; ``attempt`` records how far it got. Raises OSError or
         ReplyError when the connection is no longer usable for the next one."""
+        attempt.stage = MAIL_COMMAND
         attempt.reply = self.expect(self.command(f"MAIL FROM:<{attempt.sender}>"), 250)
         for recipient in attempt.recipients:
             attempt.reply = self.expect(self.command(f"RCPT TO:<{recipient}>"), 250)
-        attempt.stage = DATA_COMMAND
         attempt.reply = self.expect(self.command("DATA"), 354)
         attempt.stage = DATA_SENDING
         self.sock.sendall(dot_stuffed(attempt.message))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from mta import MTA, SMTPClient, accepted_id, body_of
+from mta import MTA, SMTPClient, accepted_id, body_of, wait_for
 
 ID = re.compile(r"^S[0-9A-F]{16}[0-9A-F]{2}$")
 HEADER = b"Subject: receive path\r\n\r\n"
@@ -192,7 +192,8 @@ def test_oversize_body_is_read_through_and_refused(tmp_path):
         code, text = send_data(client, content)
         assert (code, text[:6]) == (552, "5.3.4 "), text
         peak_kib = vm_kib(smtps, "VmHWM")
-        assert mta.content_files() == {}          # the partial content file is gone
+        # The partial content file is gone (removed by smtps' opener thread after the reply).
+        wait_for(lambda: mta.content_files() == {}, timeout=10, what="the partial file removed")
         # No tail command ran: a smuggled MAIL would make this one "503 nested MAIL".
         code, text = client.command("MAIL FROM:<a@example.org>")
         assert code == 250, text
@@ -417,7 +418,8 @@ def test_qmgr_killed_and_restarted(tmp_path):
             envelope(client)
             code, text = send_data(client, HEADER + b"while qmgr is down\r\n")
             assert (code, text[:6]) == (451, "4.3.0 "), text
-        assert sorted(mta.content_files()) == sorted(ids)
+        wait_for(lambda: sorted(mta.content_files()) == sorted(ids), timeout=10,
+                 what="the refused message's content file removed")
 
         qmgr = mta.spawn("qmgr")
         assert "recovered 3 transactions" in mta.log("qmgr")
