@@ -161,7 +161,9 @@ class Queue:
         assert sorted(listed) == sorted(self.accepted)
         for ta_id, sent in self.accepted.items():
             assert body_of(self.mta.content(ta_id)) == sent
-        assert set(self.mta.content_files()) == set(self.accepted), "a content file nobody refers to"
+        # Refused content is removed by smtps' opener thread, just after the reply.
+        wait_for(lambda: set(self.mta.content_files()) == set(self.accepted), timeout=10,
+                 what="only accepted content files (a content file nobody refers to)")
         assert self.mta.quarantined() == []
 
     def check_replay(self) -> None:

@@ -151,7 +151,7 @@ def test_longer_lines_are_refused_after_the_real_end(tmp_path, octets):
         # read as a command and this NOOP would get that command's reply instead.
         assert client.command("NOOP") == (250, "2.0.0 OK")
         assert mta.mailq() == []
-        assert mta.content_files() == {}
+        wait_for(lambda: mta.content_files() == {}, timeout=10, what="the refused content removed")
 
 
 def test_configured_line_limit_keeps_very_long_lines(tmp_path):
