@@ -113,3 +113,24 @@ def test_content_sync_files_mode(tmp_path):
         assert b" accepted\r\n" in send_one(mta.port, "files")
         (entry,) = mta.mailq()
         assert mta.content(entry["id"]).endswith(b"\r\nbody\r\n")
+
+
+def test_a_killed_parent_takes_its_smtps_children_along(tmp_path):
+    """SIGKILL of the first smtps process: the forked one does not keep the port."""
+    import os
+    import re
+    with MTA(tmp_path, extra_smtps="processes = 2;") as mta:
+        wait_for(lambda: mta.log("smtps").count("ready: listening") == 2, what="both processes")
+        child = int(re.search(r"smtps\.1\[(\d+)\]", mta.log("smtps")).group(1))
+        mta.kill("smtps")
+
+        def gone() -> bool:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{child}/stat") as f:       # a zombie until reaped by init
+                return f.read().split(") ")[1].startswith("Z")
+        wait_for(gone, timeout=20, what="the child to exit")
+        mta.spawn("smtps")                # the port is free again
+        mta.wait_linked()

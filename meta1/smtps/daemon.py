@@ -362,6 +362,18 @@ class SmtpServerConnection(Protocol):
             self.server.sessions.discard(self)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A forked smtps gets SIGTERM when its parent dies (Linux PR_SET_PDEATHSIG), so a
+    killed parent never leaves a child holding the listen socket; elsewhere a no-op."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:     # the parent died before prctl took effect
+        os._exit(0)
+
+
 def bind(node) -> list[socket.socket]:
     """The listen socket of an smtps section (bound here until mcp passes it, issue 5)."""
     listen = node.listen_socket
@@ -538,11 +550,13 @@ def serve(config, name: str | None = None, instance: int = 0, *,
     sockets = bind(config.smtps[name])
     children: list[int] = []
     index = instance
+    parent = os.getpid()
     for offset in range(1, count):
         pid = os.fork()
         if pid == 0:
             children = []
             index = instance + offset
+            _exit_with_parent(parent)
             if relog is not None:
                 relog(index)
             break
