@@ -297,8 +297,10 @@ def test_a_failed_ibdb_append_gets_451_and_the_log_is_cut_back(tmp_path):
             assert (outcome.code, outcome.text[:5]) == (451, "4.3.0"), str(outcome)
             assert "IBDB append failed" in queue.mta.log("qmgr")
             assert queue.ibdb_sizes() == logs, "the failed append was not cut back"
-            assert queue.mta.content_files() == files, "the content file of a failed commit stayed"
-            assert free_bytes(queue.root) == page
+            # The content file of the failed commit is removed off smtps' loop, just after
+            # the reply.
+            wait_for(lambda: queue.mta.content_files() == files and free_bytes(queue.root) == page,
+                     timeout=10, what="the content file of the failed commit to be removed")
 
             filler.unlink()
             assert queue.send(smtp, "m-after", 1000).code == 250
