@@ -209,6 +209,8 @@ class QueueManager:
             return
 
         def done(exc: BaseException | None) -> None:
+            if self.stopping:
+                self.loop.call_soon(self._stop_when_flushed)
             failure = self.failed.pop(transaction.ta_id, None)
             if exc is None and failure is not None:
                 log.error("%s: not queued: %s", transaction.ta_id, failure)
@@ -259,8 +261,8 @@ class QueueManager:
     def _stop_when_flushed(self) -> None:
         # Answers for commits already flushed must still reach smtps; a batch in flight
         # finishes (it is on its way to disk either way).
+        # Called at shutdown and after every commit answered while stopping.
         if self.commits.in_flight or self.commits.waiting:
-            self.loop.call_later(0.01, self._stop_when_flushed)
             return
         for link in list(self.links):
             link.close()

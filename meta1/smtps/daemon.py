@@ -203,7 +203,7 @@ class SmtpServerConnection(Protocol):
         self._cancel_timer()
         if self.session.state.name != "COMMITTING":
             self._discard()
-            self.server.sessions.discard(self)
+            self.server.session_ended(self)
 
     # -- effects -------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class SmtpServerConnection(Protocol):
                 self._cancel_timer()
                 conn.close_when_flushed()
                 if self.session.state.name != "COMMITTING":
-                    self.server.sessions.discard(self)
+                    self.server.session_ended(self)
         if conn.closing or conn.closed:
             return
         self._update_reading()
@@ -359,7 +359,7 @@ class SmtpServerConnection(Protocol):
     def _commit_done(self, ok: bool, reason: str) -> None:
         self.apply(self.session.commit_result(ok, reason))
         if self.conn.closed or self.session.state.name == "CLOSING":
-            self.server.sessions.discard(self)
+            self.server.session_ended(self)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -481,16 +481,12 @@ class SmtpServer:
         return names
 
     def _refuse(self, sock: socket.socket) -> None:
-        log.warning("max_sessions (%d) reached: refusing a connection", self.settings_max_sessions)
+        log.warning("max_sessions (%d) reached: refusing a connection", self.node.max_sessions)
         try:
             sock.send(R.TOO_MANY_SESSIONS.format(hostname=self.settings.hostname).encode())
         except OSError:
             pass
         sock.close()
-
-    @property
-    def settings_max_sessions(self) -> int:
-        return self.node.max_sessions
 
     # -- running --------------------------------------------------------------------------------
 
@@ -519,11 +515,14 @@ class SmtpServer:
         self.loop.call_later(timeout, self.loop.stop)
         self._stop_when_idle()
 
+    def session_ended(self, connection: "SmtpServerConnection") -> None:
+        self.sessions.discard(connection)
+        self._stop_when_idle()
+
     def _stop_when_idle(self) -> None:
-        if not self.sessions:
+        # Called at shutdown and whenever a session ends: the last one stops the loop.
+        if self.stopping and not self.sessions:
             self.loop.stop()
-        else:
-            self.loop.call_later(0.05, self._stop_when_idle)
 
     def run(self) -> None:
         self.start()

@@ -200,6 +200,7 @@ class Session:
         self._skip_octets = 0
         self._raw = bytearray()
         self._failure_reply: Reply | None = None
+        self._commit_failure_reason = ""
         self._limit_reply: Reply = R.TOO_MANY_ERRORS
         self._bad_line_reply: Reply = R.SYNTAX
         self._close_reason = ""
@@ -425,9 +426,6 @@ class Session:
             return
         self._fire(command.input, parsed)
 
-    def _reply(self, reply: Reply) -> None:
-        self._send(reply)
-
     def _error(self, reply: Reply, verb: str = "") -> None:
         """Answer a refused command; count it toward ``max_errors_per_session``."""
         log.info("%s: reject%s: %s", self.id, f" {verb}" if verb else "",
@@ -513,17 +511,17 @@ class Session:
     # -- actions (named by the transition table) ----------------------------------------------
 
     def _do_greet(self, _):
-        self._reply(R.GREETING.format(hostname=self.settings.hostname))
+        self._send(R.GREETING.format(hostname=self.settings.hostname))
 
     def _do_helo(self, name: str):
-        self._reset_transaction()
+        self._discard_transaction()
         self.helo, self.esmtp = name, False
-        self._reply(R.HELO.format(hostname=self.settings.hostname))
+        self._send(R.HELO.format(hostname=self.settings.hostname))
 
     def _do_ehlo(self, name: str):
-        self._reset_transaction()
+        self._discard_transaction()
         self.helo, self.esmtp = name, True
-        self._reply(self._ehlo_reply())
+        self._send(self._ehlo_reply())
 
     def _ehlo_reply(self) -> Reply:
         s = self.settings
@@ -544,21 +542,21 @@ class Session:
         return R.HELO.with_lines(*lines)
 
     def _do_rset(self, _):
-        self._reset_transaction()
-        self._reply(R.RESET)
+        self._discard_transaction()
+        self._send(R.RESET)
 
     def _do_noop(self, _):
-        self._reply(R.OK)
+        self._send(R.OK)
 
     def _do_help(self, _):
-        self._reply(R.HELP)
+        self._send(R.HELP)
 
     def _do_vrfy(self, _):
-        self._reply(R.VRFY)
+        self._send(R.VRFY)
 
     def _do_quit(self, _):
-        self._reset_transaction()
-        self._reply(R.BYE.format(hostname=self.settings.hostname))
+        self._discard_transaction()
+        self._send(R.BYE.format(hostname=self.settings.hostname))
         self._close("quit")
 
     def _do_mail(self, mail: tuple[MailArgs, str]):
@@ -568,9 +566,9 @@ class Session:
         # the daemon creates it off the event loop meanwhile (file creation waits on the
         # file system's journal). A transaction that never reaches DATA discards it.
         self._emit(OpenContent(ta_id))
-        log.info("%s: ta=%s mail from=%s%s", self.id, self.tx.ta_id, _shown(str(args.path)),
+        log.info("%s: ta=%s mail from=%s%s", self.id, self.tx.ta_id, printable(str(args.path)),
                  f" size={args.size}" if args.size is not None else "")
-        self._reply(R.SENDER_OK.format(address=args.path.address))
+        self._send(R.SENDER_OK.format(address=args.path.address))
 
     def _do_rcpt(self, args):
         tx = self.tx
@@ -579,13 +577,13 @@ class Session:
         orcpt_type, orcpt = args.orcpt if args.orcpt is not None else (None, None)
         tx.recipients.append(Recipient(rcpt_id=rcpt_id, address=args.path.address,
                                        notify=args.notify, orcpt_type=orcpt_type, orcpt=orcpt))
-        log.info("%s: rcpt to=%s", rcpt_id, _shown(str(args.path)))
-        self._reply(R.RECIPIENT_OK.format(address=args.path.address))
+        log.info("%s: rcpt to=%s", rcpt_id, printable(str(args.path)))
+        self._send(R.RECIPIENT_OK.format(address=args.path.address))
 
     def _do_data(self, _):
         self._start_content()
         self._decoder = DataDecoder()
-        self._reply(R.START_DATA)
+        self._send(R.START_DATA)
 
     def _do_chunk(self, chunk: tuple[int, bool]):
         size, last = chunk
@@ -594,7 +592,7 @@ class Session:
         self._chunk_size, self._chunk_left, self._chunk_last = size, size, last
 
     def _do_end_of_chunk(self, _):
-        self._reply(R.CHUNK_OK.format(size=self._chunk_size))
+        self._send(R.CHUNK_OK.format(size=self._chunk_size))
 
     def _start_content(self) -> None:
         """DATA or the first BDAT: the content begins with our Received header."""
@@ -647,17 +645,17 @@ class Session:
                  len(tx.recipients))
         self.transactions += 1
         self.tx = None
-        self._reply(R.ACCEPTED.format(id=tx.ta_id))
+        self._send(R.ACCEPTED.format(id=tx.ta_id))
         return self._after_transaction()
 
     def _do_not_accepted(self, _):
         reply = self._failure_reply or R.QUEUE_ERROR
         tx = self.tx
         log.warning("%s: ta=%s not accepted: %s", self.id, tx.ta_id if tx else "-",
-                    getattr(self, "_commit_failure_reason", "") or reply.lines[0])
+                    self._commit_failure_reason or reply.lines[0])
         self._emit(DiscardContent())
         self.tx = None
-        self._failure_reply = None
+        self._failure_reply, self._commit_failure_reason = None, ""
         self._error(reply)
         if self.state is State.CLOSING:
             return None
@@ -681,27 +679,27 @@ class Session:
         self.shutdown_pending = True
 
     def _do_refuse_need_helo(self, argument):
-        self._refuse(R.NEED_HELO)
+        self._error(R.NEED_HELO)
 
     def _do_refuse_need_mail(self, argument):
-        self._refuse(R.NEED_MAIL)
+        self._error(R.NEED_MAIL)
 
     def _do_refuse_nested_mail(self, argument):
-        self._refuse(R.NESTED_MAIL)
+        self._error(R.NESTED_MAIL)
 
     def _do_refuse_bad_sequence(self, argument):
-        self._refuse(R.BAD_SEQUENCE)
+        self._error(R.BAD_SEQUENCE)
 
     def _do_refuse_mixed_data(self, argument):
-        self._refuse(R.BDAT_MIX)
+        self._error(R.BDAT_MIX)
 
     def _do_refuse_in_transaction(self, argument):
-        self._refuse(R.BAD_SEQUENCE)
+        self._error(R.BAD_SEQUENCE)
 
     def _do_refuse_no_recipients(self, argument):
         # T08: DATA after every RCPT was refused is 554; DATA before any RCPT is 503.
         tx = self.tx
-        self._refuse(R.NO_VALID_RECIPIENTS if tx is not None and tx.rejected else R.NEED_RCPT)
+        self._error(R.NO_VALID_RECIPIENTS if tx is not None and tx.rejected else R.NEED_RCPT)
 
     def _do_refuse_chunk_need_mail(self, argument):
         return self._refuse_chunk(argument, R.NEED_MAIL)
@@ -720,11 +718,8 @@ class Session:
             self._bad_line_reply = error.reply
             return Input.UNFRAMEABLE
         self._skip_octets = size
-        self._refuse(reply)
-        return None
-
-    def _refuse(self, reply: Reply) -> None:
         self._error(reply)
+        return None
 
     def _do_refuse_unknown(self, _):
         self._error(R.UNKNOWN_COMMAND)
@@ -747,7 +742,7 @@ class Session:
         raise AssertionError("AUTH is refused by its check in this version")
 
     def _do_tls_established(self, _):   # pragma: no cover - later issue
-        self._reset_transaction()
+        self._discard_transaction()
         self.helo, self.esmtp = None, False
 
     def _do_authenticated(self, _):   # pragma: no cover - later issue
@@ -760,7 +755,7 @@ class Session:
 
     def _do_hangup(self, _):
         self._discard_transaction()
-        self._close("lost connection", send_close=True)
+        self._close("lost connection")
 
     def _do_shutdown(self, _):
         self._send(R.SHUTDOWN.format(hostname=self.settings.hostname))
@@ -778,9 +773,6 @@ class Session:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _reset_transaction(self) -> None:
-        self._discard_transaction()
-
     def _discard_transaction(self) -> None:
         if self.tx is not None and self.tx.content_open:
             self._emit(DiscardContent())
@@ -788,7 +780,7 @@ class Session:
         self._decoder = None
         self._chunk_left = 0
 
-    def _close(self, reason: str, send_close: bool = True) -> None:
+    def _close(self, reason: str) -> None:
         log.info("%s: disconnect from %s (%s) commands=%d transactions=%d errors=%d",
                  self.id, self._client_text(), reason, self.commands, self.transactions,
                  self.errors)
@@ -804,8 +796,3 @@ class _Unframeable(SMTPError):
 
     def __init__(self):
         super().__init__(R.BDAT_SYNTAX)
-
-
-def _shown(text: str) -> str:
-    """A client-supplied string as it may appear in a log line (one line, printable)."""
-    return printable(text)
