@@ -147,7 +147,8 @@ def session_settings(options: dict[str, str]):
 
 def run_session(steps: list[Step], options: dict[str, str] | None = None):
     """Replay against :class:`meta1.smtps.session.Session`; (rendered output, commits)."""
-    from meta1.smtps.session import Close, CommitContent, Send, Session, WriteContent
+    from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenContent, Send,
+                                     Session, WriteContent)
     options = options or {}
     services = FixedServices(storage_ok=options.get("storage_ok", "true") == "true")
     session = Session(session_settings(options), services, client_address="192.0.2.1",
@@ -165,7 +166,7 @@ def run_session(steps: list[Step], options: dict[str, str] | None = None):
                 output.extend(effect.data)
             elif isinstance(effect, WriteContent):
                 current.extend(effect.data)
-            elif type(effect).__name__ in ("OpenContent", "DiscardContent"):
+            elif isinstance(effect, (OpenContent, DiscardContent)):
                 current.clear()
             elif isinstance(effect, Close):
                 closed = True
