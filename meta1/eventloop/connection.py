@@ -138,7 +138,8 @@ class Connection:
         self._output_high = False     # above the low-water mark: output_drained is owed
         self._paused_by_protocol = False
         self._eof = False
-        self._reading = False
+        self._reading = False         # wanted: input is read when it comes
+        self._watching = False        # registered with the loop (lags _reading, see below)
         self._linger = DEFAULT_LINGER
         self._linger_timer: Timer | None = None
         self._lingering = False
@@ -180,20 +181,29 @@ class Connection:
         self._update_reading()
 
     def _update_reading(self) -> None:
+        # Pausing is lazy: the socket stays registered and is only removed from the
+        # selector if it becomes readable while paused. The common pause — a session
+        # waiting for its commit while the client waits for the reply — then costs no
+        # epoll_ctl() at all, instead of an unregister and a register per message.
         if self.closed:
             want = False
         elif self._lingering:
             want = True
         else:
             want = not (self.closing or self._eof or self._paused_by_protocol or self._output_full)
-        if want != self._reading:
-            self._reading = want
-            if want:
-                self.loop.add_reader(self.sock, self._on_readable)
-            else:
-                self.loop.remove_reader(self.sock)
+        self._reading = want
+        if want and not self._watching:
+            self._watching = True
+            self.loop.add_reader(self.sock, self._on_readable)
+        elif self.closed and self._watching:
+            self._watching = False
+            self.loop.remove_reader(self.sock)
 
     def _on_readable(self) -> None:
+        if not self._reading:   # paused since it was registered: now stop watching
+            self._watching = False
+            self.loop.remove_reader(self.sock)
+            return
         try:
             data = self.sock.recv(self.read_size)
         except (BlockingIOError, InterruptedError):

@@ -44,6 +44,7 @@ from meta1.queue.cdb import syncfs
 from meta1.queue.ibdb import IncomingLog, replay
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import RecordLink
+from meta1.runtime.process import log_flush_per_iteration
 
 log = logging.getLogger("meta1.qmgr")
 
@@ -271,7 +272,8 @@ class QueueManager:
     def run(self) -> None:
         self.start()
         try:
-            self.loop.run()
+            with log_flush_per_iteration(self.loop):
+                self.loop.run()
         finally:
             self.pool.shutdown(wait=True)
             self.syncers.shutdown(wait=True)

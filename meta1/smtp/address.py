@@ -40,6 +40,7 @@ Security strategy
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from meta1.smtp.replies import R, Reply
@@ -50,7 +51,12 @@ MAX_PATH = 256        # octets including the angle brackets (RFC 5321 §4.5.3.1.
 MAX_LABEL = 63        # octets of a DNS label (RFC 1035 §2.3.4), A-label form for U-labels
 
 # RFC 5322 §3.2.3 atext: ALPHA / DIGIT and these.
-_ATEXT_SPECIALS = frozenset("!#$%&'*+-/=?^_`{|}~")
+_ATEXT_SPECIALS = "!#$%&'*+-/=?^_`{|}~"
+# RFC 5321 Dot-string = Atom *("." Atom); atext per RFC 5322 §3.2.3, and any non-ASCII
+# character (RFC 6531 §3.3 UTF8-non-ascii). One compiled pattern: this runs for every
+# MAIL and RCPT.
+_ATOM = "[A-Za-z0-9" + re.escape(_ATEXT_SPECIALS) + "\u0080-\U0010FFFF]+"
+_DOT_STRING = re.compile(_ATOM + r"(?:\." + _ATOM + ")*")
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 _IPV4_CHARS = frozenset("0123456789.")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
@@ -218,16 +224,10 @@ def _scan_quoted_string(text: str) -> tuple[str, int]:
     raise _Refused("unterminated quoted string")
 
 
-def _is_atext(char: str) -> bool:
-    return char.isalnum() and char.isascii() or char in _ATEXT_SPECIALS or not char.isascii()
-
-
 def _is_dot_string(text: str) -> bool:
     """RFC 5321 Dot-string: atoms of atext (UTF-8 counts as atext, RFC 6531) joined by
     single dots. Control characters are never atext."""
-    if not text or not text.isprintable():
-        return False
-    return all(atom and all(_is_atext(c) for c in atom) for atom in text.split("."))
+    return text.isprintable() and _DOT_STRING.fullmatch(text) is not None
 
 
 def _quote(local_part: str) -> str:

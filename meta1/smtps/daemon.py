@@ -52,7 +52,7 @@ from meta1.ipc.records import Commit, CommitResult, Transaction
 from meta1.queue.cdb import ContentWriter, fsync_directories
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import RecordLink
-from meta1.runtime.process import local_hostname
+from meta1.runtime.process import local_hostname, log_flush_per_iteration
 from meta1.smtp import R
 from meta1.ids import IdGenerator, IdUnavailable
 from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenContent, Send,
@@ -527,7 +527,8 @@ class SmtpServer:
     def run(self) -> None:
         self.start()
         try:
-            self.loop.run()
+            with log_flush_per_iteration(self.loop):
+                self.loop.run()
         finally:
             self.qmgr.stop()
             self.opener.shutdown(wait=True)
