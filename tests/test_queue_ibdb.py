@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from meta1.ipc.records import CommitResult
+from meta1.ipc.records import CommitResult, RecipientsDone
 from meta1.queue.ibdb import IncomingLog, log_files, quarantine, replay
 from meta1.queue.layout import QueueLayout
 from meta1.queue.recordfile import IBDB_MAGIC, IbdbEnd, pack_record
@@ -340,3 +340,22 @@ def test_a_failed_rotation_does_not_fail_the_durable_batch_before_it(tmp_path: p
     assert log.sequence == 2
     log.close()
     assert list(replay(layout).transactions) == [ta_id(1), ta_id(2)]
+
+
+def test_replay_folds_recipients_done(tmp_path: pathlib.Path) -> None:
+    """Done recipients leave a transaction queued with the rest; all done completes it,
+    even when its content file is already gone; a record for an unknown id is ignored."""
+    layout = make_queue(tmp_path)
+    partly, whole, other = store(layout, 1, recipients=3), store(layout, 2, recipients=2), store(layout, 3)
+    write_log(layout, [
+        [partly, whole],
+        [RecipientsDone(partly.ta_id, (partly.recipients[1].rcpt_id,), "delivered", AFTER_2038_US)],
+        [RecipientsDone(whole.ta_id, tuple(r.rcpt_id for r in whole.recipients), "bounced", AFTER_2038_US),
+         RecipientsDone(ta_id(9), (f"{ta_id(9)}-0000",), "delivered", AFTER_2038_US), other],
+    ])
+    (layout.root / whole.content).unlink()
+    result = replay(layout)
+    assert list(result.transactions) == [partly.ta_id, other.ta_id]
+    assert result.done == {partly.ta_id: {partly.recipients[1].rcpt_id}}
+    assert result.completed == [whole.ta_id]
+    assert result.missing_content == [] and result.quarantined == []

@@ -78,6 +78,23 @@ class Transaction:
     content: str  # the content file, relative to the queue directory ("cdb/a/S…")
 
 
+@record(12)
+class RecipientsDone:
+    """IBDB: recipients of one transaction that reached a final state.
+
+    ``outcome`` is ``"delivered"`` (a 2xx from the next hop), ``"bounced"`` (a DSN
+    about them is queued in the same IBDB batch, or none was due), or ``"deleted"`` (by
+    the operator). A transaction all of whose recipients are done is complete: replay
+    leaves it out and its content file may be removed. Written by qmgr only, after the
+    result that made them final; one record per transaction and batch of results.
+    """
+
+    ta_id: str
+    rcpt_ids: tuple[str, ...]
+    outcome: str
+    time: int  # microseconds since the epoch
+
+
 @record(20)
 class Commit:
     """S2Q: make this transaction durable, then answer with a CommitResult."""

@@ -69,7 +69,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from meta1.ipc.records import Transaction
+from meta1.ipc.records import RecipientsDone, Transaction
 from meta1.queue.cdb import content_problem, fsync_directories, write_all
 from meta1.queue.layout import QueueLayout
 from meta1.queue.recordfile import (IBDB_MAGIC, MAGIC_SIZE, DamagedFile, IbdbEnd, TornTail, check_magic,
@@ -78,7 +78,7 @@ from meta1.queue.timefmt import iso_utc, now_us
 
 log = logging.getLogger("meta1.queue")
 
-LOG_RECORD_TYPES: tuple[type, ...] = (Transaction,)
+LOG_RECORD_TYPES: tuple[type, ...] = (Transaction, RecipientsDone)
 """The record types an IBDB file may hold besides its End."""
 LOG_FILE = re.compile(r"(\d{16})\.ibdb")
 _QUARANTINED_LOG_FILE = re.compile(r"(\d{16})\.ibdb(\.\d+)?")
@@ -201,15 +201,19 @@ class Replay:
     quarantine (with ``read_only``, the files that would have been, under their own names)."""
 
     transactions: dict[str, Transaction] = field(default_factory=dict)
+    #: recipients already done, per transaction still in ``transactions``
+    done: dict[str, set[str]] = field(default_factory=dict)
+    #: transactions all of whose recipients are done (their content may still exist)
+    completed: list[str] = field(default_factory=list)
     quarantined: list[tuple[pathlib.Path, str]] = field(default_factory=list)
     torn_tail: bool = False
     missing_content: list[str] = field(default_factory=list)
 
 
-def _read_log_file(path: pathlib.Path, newest: bool) -> tuple[list[Transaction], TornTail | None]:
-    """The transactions of one IBDB file and its torn tail, if any; DamagedFile for anything
+def _read_log_file(path: pathlib.Path, newest: bool) -> tuple[list[object], TornTail | None]:
+    """The records (transactions, recipients done) of one IBDB file and its torn tail, if any; DamagedFile for anything
     replay may not use (which includes a torn tail in a file that is not the newest)."""
-    transactions: list[Transaction] = []
+    transactions: list[object] = []
     sealed_at: int | None = None
     with open(path, "rb") as stream:
         try:
@@ -265,7 +269,7 @@ def replay(layout: QueueLayout, read_only: bool = False) -> Replay:
     """Rebuild the queued transactions from IBDB (see the module documentation)."""
     result = Replay()
     files = log_files(layout)
-    logged: list[Transaction] = []
+    logged: list[object] = []
     for index, (_, path) in enumerate(files):
         newest = index == len(files) - 1
         try:
@@ -289,14 +293,13 @@ def replay(layout: QueueLayout, read_only: bool = False) -> Replay:
                     result.quarantined.append((saved, f"torn tail of {path.name} at offset {torn.offset}: "
                                                       f"{torn.reason}"))
         logged += transactions
-    for transaction in logged:
-        if transaction.ta_id in result.transactions:
-            log.warning("transaction %s is logged more than once; the first record counts", transaction.ta_id)
-            continue
+    pending = _fold(logged, result)
+    for transaction in pending:
         problem, damaged = _check_content(layout, transaction)
         if problem is None:
             result.transactions[transaction.ta_id] = transaction
             continue
+        result.done.pop(transaction.ta_id, None)
         result.missing_content.append(transaction.ta_id)
         log.warning("transaction %s is in the incoming log but its content is not usable: %s",
                     transaction.ta_id, problem)
@@ -304,6 +307,32 @@ def replay(layout: QueueLayout, read_only: bool = False) -> Replay:
             reason = f"content of {transaction.ta_id}, which is in the incoming log: {problem}"
             result.quarantined.append((damaged if read_only else quarantine(layout, damaged, reason), reason))
     return result
+
+
+def _fold(logged: list[object], result: Replay) -> list[Transaction]:
+    """Apply the log in order: the transactions with recipients still to do (in log
+    order); ``result.done`` and ``result.completed`` filled. A RecipientsDone for an
+    unknown transaction (its file quarantined) is ignored."""
+    transactions: dict[str, Transaction] = {}
+    done: dict[str, set[str]] = {}
+    for rec in logged:
+        if isinstance(rec, Transaction):
+            if rec.ta_id in transactions:
+                log.warning("transaction %s is logged more than once; the first record counts", rec.ta_id)
+                continue
+            transactions[rec.ta_id] = rec
+        elif rec.ta_id in transactions:
+            done.setdefault(rec.ta_id, set()).update(rec.rcpt_ids)
+    pending = []
+    for ta_id, transaction in transactions.items():
+        finished = done.get(ta_id, set())
+        if all(r.rcpt_id in finished for r in transaction.recipients):
+            result.completed.append(ta_id)
+            continue
+        if finished:
+            result.done[ta_id] = finished
+        pending.append(transaction)
+    return pending
 
 
 # -- appending ------------------------------------------------------------------------------
