@@ -78,7 +78,7 @@ class Transaction:
     content: str  # the content file, relative to the queue directory ("cdb/a/S…")
 
 
-@record(12)
+@record(111)
 class RecipientsDone:
     """IBDB: recipients of one transaction that reached a final state.
 
@@ -109,6 +109,96 @@ class CommitResult:
     ta_id: str
     ok: bool
     reason: str
+
+
+# -- qmgr <-> smar: routes ------------------------------------------------------------------
+
+@record(30)
+class RouteRequest:
+    """Q2A: where does mail for ``domain`` go? Answered by one RouteResult."""
+
+    request_id: int
+    domain: str
+
+
+@record(31)
+class Exchanger:
+    """One mail exchanger of a route: its MX preference, name and addresses (may be none)."""
+
+    preference: int
+    host: str
+    addresses: tuple[str, ...]
+
+
+@record(32)
+class RouteResult:
+    """A2Q: the route for a RouteRequest.
+
+    ``outcome`` is ``"ok"`` (``exchangers`` in preference order, at least one with an
+    address), ``"temporary"`` (try later: SERVFAIL, timeouts) or ``"permanent"``
+    (NXDOMAIN, null MX, no address at all); ``status`` is the enhanced status code and
+    ``reason`` the text for the DSN and the logs; ``ttl`` how long qmgr may reuse it (s).
+    """
+
+    request_id: int
+    domain: str
+    outcome: str
+    exchangers: tuple[Exchanger, ...]
+    status: str
+    reason: str
+    ttl: int
+
+
+# -- qmgr <-> smtpc: deliveries --------------------------------------------------------------
+
+@record(40)
+class Target:
+    """One address smtpc may connect to for a delivery, in the order to try."""
+
+    host: str
+    address: str
+    port: int
+    preference: int
+
+
+@record(41)
+class Delivery:
+    """Q2C: deliver ``transaction`` (only the recipients it lists) to one of ``targets``.
+
+    The transaction is the one from IBDB with its recipients cut down to those of this
+    delivery, so smtpc has the envelope, the DSN parameters and the content path. ``lmtp``
+    selects LMTP (LHLO, one reply per recipient after the data).
+    """
+
+    delivery_id: int
+    transaction: Transaction
+    targets: tuple[Target, ...]
+    lmtp: bool
+
+
+@record(42)
+class RecipientResult:
+    """One recipient's outcome: the reply that decided it (RFC 5321 code, RFC 3463 status)."""
+
+    rcpt_id: str
+    code: int
+    status: str
+    text: str
+
+
+@record(43)
+class DeliveryResult:
+    """C2Q: the outcome of a Delivery, one result per recipient it listed.
+
+    ``target`` names where the last attempt went (``host [address]:port``, empty when no
+    connection was made) and ``tried`` lists the addresses a connection was attempted to,
+    in order, so qmgr can account per-address connections and failures.
+    """
+
+    delivery_id: int
+    results: tuple[RecipientResult, ...]
+    target: str
+    tried: tuple[str, ...]
 
 
 def handshake_check(rec: object, expected_role: str) -> Hello:
