@@ -1,8 +1,9 @@
-"""The records smtps and qmgr exchange, and that qmgr keeps in its incoming log.
+"""The records the daemons exchange, and those qmgr keeps in its incoming log.
 
 Responsibilities
-    Name every record type of the smtps ↔ qmgr protocol with its type id, and check the
-    opening handshake. S2Q marks smtps → qmgr, Q2S qmgr → smtps.
+    Name every record type of the inter-daemon protocols with its type id, and check the
+    opening handshake. S2Q marks smtps → qmgr, Q2S qmgr → smtps; Q2A/A2Q qmgr ↔ smar
+    (routes); Q2C/C2Q qmgr ↔ smtpc (deliveries). The table of ids is in spec/queue.md.
 
 Protocol
     Each side's first record on a connection is :class:`Hello`; the other side checks it
