@@ -451,6 +451,8 @@ SMTPC = SectionSpec(
         OptionSpec("wait_for_server", Interval(0, 3600), 4, "How long smtpc waits for qmgr at start.", V),
         OptionSpec("LMTP_socket", Path(), NOT_SET,
                    "UNIX socket of the local delivery agent (LMTP).", V3, unset_means="no local delivery"),
+        OptionSpec("remote_port", Integer(1, 65535), 25,
+                   "TCP port of the SMTP servers smtpc connects to (RFC 5321 §4.5.4.2: 25).", EXT),
     ),
     sections=(_tls_section(server=False),),
 )
