@@ -36,6 +36,10 @@ Faults (:meth:`DnsServer.fault`, per name and optionally per type; ``"*"`` is an
       question (a resolver must ignore both).
     ``count=N`` makes a fault apply to the next N matching queries only.
 
+Without sockets
+    :meth:`answer` gives the response to a ``dns.message.Message`` directly (faults
+    included), so pure tests can use the same zones as their oracle.
+
 Extras
     :meth:`add_extra` puts arbitrary records into the answer or additional section of
     every answer for a name (B61: A records beside MX records). With ``additional=True``
@@ -379,6 +383,16 @@ class DnsServer:
                 send(wire)
         self._later(delay, lambda: send(self._wire(query, response, transport)))
 
+    def answer(self, query: dns.message.Message, transport: str = "tcp") -> dns.message.Message | None:
+        """The server's response to ``query`` without any socket (None: dropped).
+
+        Faults apply (and counts are used up) as for a query over ``transport``; DELAY
+        and SPOOF give the plain answer. Pure plan tests use this as their oracle.
+        """
+        with self._lock:
+            rule = self._take_fault(query.question[0].name, query.question[0].rdtype)
+            return self._response(query, transport, rule)
+
     def _take_fault(self, name: dns.name.Name, rdtype: int) -> _FaultRule | None:
         for key in (_key(name), "*"):
             for rule in self._faults.get(key, []):
@@ -444,7 +458,7 @@ class DnsServer:
 
     @staticmethod
     def _wire(query: dns.message.Message, response: dns.message.Message, transport: str) -> bytes:
-        wire = response.to_wire()
+        wire = response.to_wire(max_size=65535)   # not the client's payload: we cut below
         if transport == "udp":
             limit = max(512, query.payload) if query.edns >= 0 else 512
             if len(wire) > limit:
@@ -456,7 +470,7 @@ class DnsServer:
     @staticmethod
     def _spoofed(query: dns.message.Message, response: dns.message.Message) -> list[bytes]:
         """A copy of the answer with the wrong id, and an answer to another question with the right id."""
-        wire = response.to_wire()
+        wire = response.to_wire(max_size=65535)
         wrong_id = struct.pack("!H", (query.id + 1) & 0xFFFF) + wire[2:]
         other = dns.message.make_query("spoofed.invalid.", "A", id=query.id)
         other_response = dns.message.make_response(other)

@@ -53,6 +53,7 @@ Strategies and why
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -360,7 +361,7 @@ def _rdata_text(rdata) -> str:
 
 def ptr_plan(address: str) -> RecordsPlan:
     """The PTR lookup of an IPv4 or IPv6 address (ValueError if it is not one)."""
-    return RecordsPlan(dns.reversename.from_address(address), dns.rdatatype.PTR)
+    return RecordsPlan(dns.reversename.from_address(str(ipaddress.ip_address(address))), dns.rdatatype.PTR)
 
 
 def txt_plan(name: str) -> RecordsPlan:
