@@ -91,15 +91,19 @@ def render_config_reference() -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def _smtps_session(render: str) -> Callable[[], str]:
+def _machine(module_name: str, name: str, render: str) -> Callable[[], str]:
+    """The Markdown table or Graphviz diagram of the machine in ``module_name``
+    (a module with ``State``, ``Input`` and ``TABLE``)."""
     def rendered() -> str:
-        from meta1.smtps import states
+        import importlib
         from meta1.tools import machinespec
+        module = importlib.import_module(module_name)
+        source = module_name.replace(".", "/") + ".py"
         if render == "md":
-            return HEADER.format(source="meta1/smtps/states.py") + machinespec.render_markdown(
-                "smtps-session", states, states.State, states.Input, states.TABLE)
-        return "// " + HEADER.format(source="meta1/smtps/states.py") + machinespec.render_dot(
-            "smtps-session", states.State, states.TABLE)
+            return HEADER.format(source=source) + machinespec.render_markdown(
+                name, module, module.State, module.Input, module.TABLE)
+        return "// " + HEADER.format(source=source) + machinespec.render_dot(
+            name, module.State, module.TABLE)
     return rendered
 
 
@@ -119,8 +123,12 @@ def render_reply_catalogue() -> str:
 
 GENERATED: dict[str, Callable[[], str]] = {
     "spec/config-reference.md": render_config_reference,
-    "spec/machines/smtps-session.md": _smtps_session("md"),
-    "spec/machines/smtps-session.dot": _smtps_session("dot"),
+    "spec/machines/smtps-session.md": _machine("meta1.smtps.states", "smtps-session", "md"),
+    "spec/machines/smtps-session.dot": _machine("meta1.smtps.states", "smtps-session", "dot"),
+    "spec/machines/smtpc-session.md": _machine("meta1.smtpc.states", "smtpc-session", "md"),
+    "spec/machines/smtpc-session.dot": _machine("meta1.smtpc.states", "smtpc-session", "dot"),
+    "spec/machines/smtpc-plan.md": _machine("meta1.smtpc.plan", "smtpc-plan", "md"),
+    "spec/machines/smtpc-plan.dot": _machine("meta1.smtpc.plan", "smtpc-plan", "dot"),
     "spec/smtp-replies.md": render_reply_catalogue,
 }
 
