@@ -12,6 +12,7 @@ import random
 import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 import dns.rrset
 import pytest
 from hypothesis import given, settings
