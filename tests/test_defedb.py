@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import sqlite3
 
 import pytest
@@ -284,3 +285,12 @@ def test_read_only_of_a_missing_database_raises(queue) -> None:
     with pytest.raises(sqlite3.OperationalError):
         open_defedb(queue, read_only=True)
     assert not defedb_path(queue).exists()
+
+
+def test_the_spec_names_every_column() -> None:
+    spec = (pathlib.Path(__file__).parent.parent / "spec" / "defedb.md").read_text()
+    tables = spec.split("```sql", 1)[1].split("```", 1)[0]
+    transactions, recipients = tables.split("CREATE TABLE recipients")
+    for record, text in ((DeferredTransaction, transactions), (DeferredRecipient, recipients)):
+        for field in dataclasses.fields(record):
+            assert re.search(rf'(^|[\s(,"]){field.name}"? ', text, re.M), (record.__name__, field.name)
