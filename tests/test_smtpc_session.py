@@ -100,6 +100,7 @@ def talk(server: list[bytes], deliveries: list[Delivery | tuple[Delivery, list[b
 
 
 def lines(text: str) -> list[str]:
+    text = text.replace("{BODY}", BODY_T).replace("{QUIT}", QUIT_T)
     return [line.strip() for line in text.strip().splitlines()]
 
 
@@ -109,6 +110,22 @@ EHLO_FULL = (b"250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r
              b"250-SMTPUTF8\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n")
 GREETING = b"220 mx.test ESMTP\r\n"
 BYE = b"221 2.0.0 bye\r\n"
+# Transcript pieces most scenarios share.
+HELLO_PIPE = """
+    S: 220 mx.test ESMTP
+    C: EHLO client.test
+    S: 250-mx.test
+    S: 250-PIPELINING
+    S: 250-SIZE 10000
+    S: 250-8BITMIME
+    S: 250 ENHANCEDSTATUSCODES"""
+HELLO_PLAIN = """
+    S: 220 mx.test ESMTP
+    C: EHLO client.test
+    S: 250-mx.test
+    S: 250 SIZE 10000"""
+BODY_T = "C: Subject: t\nC:\nC: hello\nC: ."
+QUIT_T = "C: QUIT\nS: 221 2.0.0 bye"
 
 # --- the scenario table ------------------------------------------------------------------
 
@@ -117,14 +134,7 @@ SCENARIOS = {
         server=[GREETING, EHLO_PIPE, b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 unknown\r\n354 go\r\n",
                 b"250 2.0.0 queued\r\n", BYE],
         deliveries=[delivery("b@example.net", "c@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=21
             C: RCPT TO:<b@example.net>
             C: RCPT TO:<c@example.net>
@@ -133,23 +143,15 @@ SCENARIOS = {
             S: 250 2.1.5 ok
             S: 550 5.1.1 unknown
             S: 354 go
-            C: Subject: t
-            C:
-            C: hello
-            C: .
+            {BODY}
             S: 250 2.0.0 queued
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[250, 550]], end=None),
     "no PIPELINING: one command at a time": dict(
         server=[GREETING, EHLO_PLAIN, b"250 ok\r\n", b"250 ok\r\n", b"451 4.2.0 later\r\n", b"354 go\r\n",
                 b"250 queued\r\n", BYE],
         deliveries=[delivery("b@example.net", "c@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250 SIZE 10000
+        transcript=HELLO_PLAIN + """
             C: MAIL FROM:<a@example.org> SIZE=21
             S: 250 ok
             C: RCPT TO:<b@example.net>
@@ -158,27 +160,21 @@ SCENARIOS = {
             S: 451 4.2.0 later
             C: DATA
             S: 354 go
-            C: Subject: t
-            C:
-            C: hello
-            C: .
+            {BODY}
             S: 250 queued
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[250, 451]], end=None),
     "554 greeting: QUIT, nothing else": dict(
         server=[b"554 5.7.1 go away\r\n", BYE], deliveries=[delivery("b@example.net")],
         transcript="""
             S: 554 5.7.1 go away
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[], end=(554, False, False)),
     "421 greeting: QUIT": dict(
         server=[b"421 4.3.2 busy\r\n", BYE], deliveries=[delivery("b@example.net")],
         transcript="""
             S: 421 4.3.2 busy
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[], end=(421, False, False)),
     "EHLO refused with 5xx: HELO, no extensions, no parameters": dict(
         server=[GREETING, b"502 5.5.1 EHLO?\r\n", b"250 mx.test\r\n", b"250 ok\r\n", b"250 ok\r\n",
@@ -196,13 +192,9 @@ SCENARIOS = {
             S: 250 ok
             C: DATA
             S: 354 go
-            C: Subject: t
-            C:
-            C: hello
-            C: .
+            {BODY}
             S: 250 ok
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[250]], end=None),
     "EHLO refused with 4xx: QUIT": dict(
         server=[GREETING, b"421 4.3.2 not now\r\n", BYE], deliveries=[],
@@ -210,8 +202,7 @@ SCENARIOS = {
             S: 220 mx.test ESMTP
             C: EHLO client.test
             S: 421 4.3.2 not now
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[], end=(421, False, True)),
     "HELO refused too: QUIT": dict(
         server=[GREETING, b"500 no\r\n", b"501 no\r\n", BYE], deliveries=[],
@@ -221,21 +212,13 @@ SCENARIOS = {
             S: 500 no
             C: HELO client.test
             S: 501 no
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[], end=(501, False, True)),
     "every recipient refused: DATA refused, RSET, connection still usable": dict(
         server=[GREETING, EHLO_PIPE, b"250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n",
                 b"250 2.0.0 reset\r\n", BYE],
         deliveries=[delivery("b@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=21
             C: RCPT TO:<b@example.net>
             C: DATA
@@ -244,21 +227,13 @@ SCENARIOS = {
             S: 554 5.5.1 no valid recipients
             C: RSET
             S: 250 2.0.0 reset
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[550]], end=None),
     "every recipient refused but DATA accepted: a lone dot (RFC 2920 §3.1)": dict(
         server=[GREETING, EHLO_PIPE, b"250 ok\r\n550 5.1.1 no\r\n354 go\r\n", b"554 5.5.1 no recipients\r\n",
                 b"250 reset\r\n", BYE],
         deliveries=[delivery("b@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=21
             C: RCPT TO:<b@example.net>
             C: DATA
@@ -269,21 +244,13 @@ SCENARIOS = {
             S: 554 5.5.1 no recipients
             C: RSET
             S: 250 reset
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[550]], end=None),
     "MAIL refused, pipelined: the RCPT and DATA replies are drained": dict(
         server=[GREETING, EHLO_PIPE, b"451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n",
                 b"250 reset\r\n", BYE],
         deliveries=[delivery("b@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=21
             C: RCPT TO:<b@example.net>
             C: DATA
@@ -292,33 +259,23 @@ SCENARIOS = {
             S: 503 5.5.1 need MAIL
             C: RSET
             S: 250 reset
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[451]], end=None),
     "MAIL refused, lock-step": dict(
         server=[GREETING, EHLO_PLAIN, b"550 5.7.1 sender refused\r\n", b"250 reset\r\n", BYE],
         deliveries=[delivery("b@example.net", "c@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250 SIZE 10000
+        transcript=HELLO_PLAIN + """
             C: MAIL FROM:<a@example.org> SIZE=21
             S: 550 5.7.1 sender refused
             C: RSET
             S: 250 reset
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[550, 550]], end=None),
     "DATA refused: RSET": dict(
         server=[GREETING, EHLO_PLAIN, b"250 ok\r\n", b"250 ok\r\n", b"451 4.3.0 no DATA now\r\n",
                 b"250 reset\r\n", BYE],
         deliveries=[delivery("b@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250 SIZE 10000
+        transcript=HELLO_PLAIN + """
             C: MAIL FROM:<a@example.org> SIZE=21
             S: 250 ok
             C: RCPT TO:<b@example.net>
@@ -327,56 +284,34 @@ SCENARIOS = {
             S: 451 4.3.0 no DATA now
             C: RSET
             S: 250 reset
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[451]], end=None),
     "message refused after the dot: no RSET needed": dict(
         server=[GREETING, EHLO_PIPE, b"250 ok\r\n250 ok\r\n354 go\r\n", b"552 5.3.4 too big\r\n", BYE],
         deliveries=[delivery("b@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=21
             C: RCPT TO:<b@example.net>
             C: DATA
             S: 250 ok
             S: 250 ok
             S: 354 go
-            C: Subject: t
-            C:
-            C: hello
-            C: .
+            {BODY}
             S: 552 5.3.4 too big
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[552]], end=None),
     "two transactions on one connection": dict(
         server=[GREETING, EHLO_PIPE, b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 first\r\n",
                 b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 second\r\n", BYE],
         deliveries=[delivery("b@example.net"), (delivery("c@example.net", sender=""), [b"x\r\n"])],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=21
             C: RCPT TO:<b@example.net>
             C: DATA
             S: 250 ok
             S: 250 ok
             S: 354 go
-            C: Subject: t
-            C:
-            C: hello
-            C: .
+            {BODY}
             S: 250 first
             C: MAIL FROM:<> SIZE=21
             C: RCPT TO:<c@example.net>
@@ -387,56 +322,32 @@ SCENARIOS = {
             C: x
             C: .
             S: 250 second
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[250], [250]], end=None),
     "over the server's SIZE: refused here, the next message still goes": dict(
         server=[GREETING, EHLO_PIPE, b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 ok\r\n", BYE],
         deliveries=[delivery("b@example.net", size=10001), delivery("c@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=21
             C: RCPT TO:<c@example.net>
             C: DATA
             S: 250 ok
             S: 250 ok
             S: 354 go
-            C: Subject: t
-            C:
-            C: hello
-            C: .
+            {BODY}
             S: 250 ok
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[552], [250]], end=None),
     "8-bit message, no 8BITMIME: 5.6.3 without sending": dict(
         server=[GREETING, EHLO_PLAIN, BYE],
         deliveries=[delivery("b@example.net", "c@example.net", eight_bit=True)],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250 SIZE 10000
-            C: QUIT
-            S: 221 2.0.0 bye""",
+        transcript=HELLO_PLAIN + """
+            {QUIT}""",
         codes=[[554, 554]], end=None),
     "8-bit message, 8BITMIME offered: BODY=8BITMIME": dict(
         server=[GREETING, EHLO_PIPE, b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 ok\r\n", BYE],
         deliveries=[(delivery("b@example.net", eight_bit=True, size=6), [b"caf\xc3\xa9\r\n"])],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=6 BODY=8BITMIME
             C: RCPT TO:<b@example.net>
             C: DATA
@@ -446,22 +357,13 @@ SCENARIOS = {
             C: café
             C: .
             S: 250 ok
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[250]], end=None),
     "SMTPUTF8 needed, not offered: 5.6.7 without sending": dict(
         server=[GREETING, EHLO_PIPE, BYE],
         deliveries=[delivery("b@example.net", smtputf8=True)],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
-            C: QUIT
-            S: 221 2.0.0 bye""",
+        transcript=HELLO_PIPE + """
+            {QUIT}""",
         codes=[[553]], end=None),
     "DSN, SMTPUTF8 and CHUNKING offered: parameters passed on, BDAT": dict(
         server=[GREETING, EHLO_FULL, b"250 ok\r\n250 ok\r\n", b"250 2.0.0 queued\r\n", BYE],
@@ -487,34 +389,22 @@ SCENARIOS = {
             C:
             C: hello
             S: 250 2.0.0 queued
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[250]], end=None),
     "DSN parameters dropped when DSN is not offered": dict(
         server=[GREETING, EHLO_PIPE, b"250 ok\r\n250 ok\r\n354 go\r\n", b"250 ok\r\n", BYE],
         deliveries=[delivery(rcpt("b@example.net", notify=("NEVER",), orcpt="b@example.net"),
                              ret="FULL", envid="e1")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=21
             C: RCPT TO:<b@example.net>
             C: DATA
             S: 250 ok
             S: 250 ok
             S: 354 go
-            C: Subject: t
-            C:
-            C: hello
-            C: .
+            {BODY}
             S: 250 ok
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[250]], end=None),
     "BDAT in chunks, one chunk refused: RSET": dict(
         settings=dict(chunk_size=8),
@@ -538,8 +428,7 @@ SCENARIOS = {
             S: 552 5.3.4 enough
             C: RSET
             S: 250 reset
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[552]], end=None),
     "LMTP: LHLO, one reply per accepted recipient after the dot": dict(
         settings=dict(lmtp=True),
@@ -563,14 +452,10 @@ SCENARIOS = {
             S: 550 5.1.1 no mailbox
             S: 250 ok
             S: 354 go
-            C: Subject: t
-            C:
-            C: hello
-            C: .
+            {BODY}
             S: 250 2.0.0 b delivered
             S: 452 4.2.2 d over quota
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[[250, 550, 452]], end=None),
     "LMTP: LHLO refused, no HELO": dict(
         settings=dict(lmtp=True),
@@ -579,20 +464,12 @@ SCENARIOS = {
             S: 220 lmtp.test LMTP
             C: LHLO client.test
             S: 500 5.5.1 what
-            C: QUIT
-            S: 221 2.0.0 bye""",
+            {QUIT}""",
         codes=[], end=(500, False, True)),
     "connection lost after the dot: the recipients are deferred": dict(
         server=[GREETING, EHLO_PIPE, b"250 ok\r\n250 ok\r\n354 go\r\n"],
         deliveries=[delivery("b@example.net")], events=["closed"],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=21
             C: RCPT TO:<b@example.net>
             C: DATA
@@ -607,11 +484,7 @@ SCENARIOS = {
     "timeout waiting for RCPT: QUIT, close, deferred": dict(
         server=[GREETING, EHLO_PLAIN, b"250 ok\r\n"],
         deliveries=[delivery("b@example.net", "c@example.net")], events=["timeout"],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250 SIZE 10000
+        transcript=HELLO_PLAIN + """
             C: MAIL FROM:<a@example.org> SIZE=21
             S: 250 ok
             C: RCPT TO:<b@example.net>
@@ -620,11 +493,7 @@ SCENARIOS = {
     "an extra reply (response injection) is a protocol error, not a RCPT answer": dict(
         server=[GREETING, EHLO_PLAIN, b"250 ok\r\n250 injected\r\n"],
         deliveries=[delivery("b@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250 SIZE 10000
+        transcript=HELLO_PLAIN + """
             C: MAIL FROM:<a@example.org> SIZE=21
             S: 250 ok
             S: 250 injected
@@ -634,14 +503,7 @@ SCENARIOS = {
     "a reply during the content is a protocol error; no QUIT inside DATA": dict(
         server=[GREETING, EHLO_PIPE, b"250 ok\r\n250 ok\r\n354 go\r\n550 5.0.0 early\r\n"],
         deliveries=[delivery("b@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250-PIPELINING
-            S: 250-SIZE 10000
-            S: 250-8BITMIME
-            S: 250 ENHANCEDSTATUSCODES
+        transcript=HELLO_PIPE + """
             C: MAIL FROM:<a@example.org> SIZE=21
             C: RCPT TO:<b@example.net>
             C: DATA
@@ -662,11 +524,7 @@ SCENARIOS = {
     "354 to RCPT is a protocol error": dict(
         server=[GREETING, EHLO_PLAIN, b"250 ok\r\n", b"354 what\r\n"],
         deliveries=[delivery("b@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250 SIZE 10000
+        transcript=HELLO_PLAIN + """
             C: MAIL FROM:<a@example.org> SIZE=21
             S: 250 ok
             C: RCPT TO:<b@example.net>
@@ -676,11 +534,7 @@ SCENARIOS = {
     "250 to DATA is a protocol error": dict(
         server=[GREETING, EHLO_PLAIN, b"250 ok\r\n", b"250 ok\r\n", b"250 what\r\n"],
         deliveries=[delivery("b@example.net")],
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250 SIZE 10000
+        transcript=HELLO_PLAIN + """
             C: MAIL FROM:<a@example.org> SIZE=21
             S: 250 ok
             C: RCPT TO:<b@example.net>
@@ -691,11 +545,7 @@ SCENARIOS = {
         codes=[[451]], end=(451, True, True)),
     "data from an idle server is a protocol error": dict(
         server=[GREETING, EHLO_PLAIN, b"421 4.4.2 idle\r\n"], deliveries=[], quit=False,
-        transcript="""
-            S: 220 mx.test ESMTP
-            C: EHLO client.test
-            S: 250-mx.test
-            S: 250 SIZE 10000
+        transcript=HELLO_PLAIN + """
             S: 421 4.4.2 idle
             C: QUIT""",
         codes=[], end=(451, True, True)),
