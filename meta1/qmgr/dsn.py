@@ -350,8 +350,12 @@ def _read(content: bytes | Iterable[bytes], limit: int, headers_only: bool) -> t
     chunks = iter(content)
     try:
         for chunk in chunks:
+            # Only the new octets (and the 3 before them) can complete CRLF CRLF: searching
+            # the whole buffer each time would be quadratic in the number of chunks.
+            searched = max(len(taken) - 3, 0)
             taken += chunk
-            if len(taken) > limit or (headers_only and _header_end(taken) >= 0):
+            if len(taken) > limit or (headers_only and (taken.startswith(b"\r\n")
+                                                        or taken.find(b"\r\n\r\n", searched) >= 0)):
                 complete = False
                 break
     finally:
