@@ -129,6 +129,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "spec/machines/smtpc-session.dot": _machine("meta1.smtpc.states", "smtpc-session", "dot"),
     "spec/machines/smtpc-plan.md": _machine("meta1.smtpc.plan", "smtpc-plan", "md"),
     "spec/machines/smtpc-plan.dot": _machine("meta1.smtpc.plan", "smtpc-plan", "dot"),
+    "spec/machines/smar-exchange.md": _machine("meta1.smar.states", "smar-exchange", "md"),
+    "spec/machines/smar-exchange.dot": _machine("meta1.smar.states", "smar-exchange", "dot"),
     "spec/smtp-replies.md": render_reply_catalogue,
 }
 
