@@ -10,6 +10,8 @@
     meta1 qmgr [-f FILE]     run the queue manager in the foreground
     meta1 smtps [-f FILE] [--name NAME] [--index N]
                              run an SMTP server in the foreground (qmgr must run)
+    meta1 smar [-f FILE]     run the address resolver (DNS) in the foreground
+    meta1 smtpc [-f FILE]    run the SMTP/LMTP client in the foreground (qmgr must run)
     meta1 mailq [-f FILE] [--json]
                              list the queued messages: id, arrival, size, sender, recipients
 
@@ -51,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                             ("config", "print the effective configuration"),
                             ("qmgr", "run the queue manager in the foreground"),
                             ("smtps", "run an SMTP server in the foreground"),
+                            ("smar", "run the address resolver in the foreground"),
+                            ("smtpc", "run the SMTP/LMTP client in the foreground"),
                             ("mailq", "list the queued messages")):
         p = commands[name] = sub.add_parser(name, help=help_text)
         p.add_argument("-f", dest="file", metavar="FILE",
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_daemon(args, config: Config) -> int:
-    """Run qmgr or smtps in the foreground until SIGTERM; sysexits-style status."""
+    """Run a daemon (qmgr, smtps, smar, smtpc) in the foreground until SIGTERM;
+    sysexits-style status."""
     from meta1.runtime.process import EX_CONFIG, EX_TEMPFAIL, setup_logging
     setup_logging(args.command, config.log_level)
     if args.command == "smtps" and args.name not in config.smtps:
@@ -122,6 +127,17 @@ def run_daemon(args, config: Config) -> int:
         except QueueLocked as error:
             print(f"meta1 qmgr: {error}", file=sys.stderr)
             return EX_TEMPFAIL
+    if args.command == "smar":
+        from meta1.smar.daemon import serve as serve_smar
+        from meta1.smar.nameservers import NoNameserverError
+        try:
+            return serve_smar(config)
+        except NoNameserverError as error:
+            print(f"meta1 smar: {error}", file=sys.stderr)
+            return EX_CONFIG
+    if args.command == "smtpc":
+        from meta1.smtpc.daemon import serve as serve_smtpc
+        return serve_smtpc(config)
     from meta1.smtps.daemon import serve as serve_smtps
     try:
         return serve_smtps(config, args.name, args.index,

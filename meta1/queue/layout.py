@@ -57,10 +57,21 @@ class QueueLayout:
         self.quarantine = self.root / "quarantine"
         self.qmgr = self.root / "qmgr"
         self.smtps = self.root / "smtps"
+        self.smar = self.root / "smar"
 
     @property
     def smtps_socket(self) -> pathlib.Path:
         return self.qmgr / "smtpsqmgr"
+
+    @property
+    def smtpc_socket(self) -> pathlib.Path:
+        """Where qmgr listens for smtpc."""
+        return self.qmgr / "smtpcqmgr"
+
+    @property
+    def smar_socket(self) -> pathlib.Path:
+        """Where smar listens for qmgr."""
+        return self.smar / "smarqmgr"
 
     @property
     def qmgr_lock(self) -> pathlib.Path:
@@ -72,7 +83,7 @@ class QueueLayout:
 
     def ensure(self) -> None:
         """Create every directory of the layout that is missing (mode 0750)."""
-        directories = [self.root, self.cdb, self.ibdb, self.quarantine, self.qmgr, self.smtps]
+        directories = [self.root, self.cdb, self.ibdb, self.quarantine, self.qmgr, self.smtps, self.smar]
         directories += [self.cdb / digit for digit in CDB_FANOUT]
         for directory in directories:
             try:
