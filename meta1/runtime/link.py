@@ -23,7 +23,7 @@ import logging
 import os
 from typing import Callable
 
-from meta1.eventloop import Connection, EventLoop, Protocol
+from meta1.eventloop import Connection, EventLoop, Protocol, connect_unix
 from meta1.ipc.codec import FrameDecoder, ProtocolError, frame
 from meta1.ipc.records import PROTOCOL_VERSION, Hello, handshake_check
 
@@ -100,3 +100,90 @@ class RecordLink(Protocol):
         self.closed = True
         if self.on_lost is not None:
             self.on_lost(self, exc)
+
+
+#: Seconds between connection attempts to a peer that is not (yet) there; the last repeats.
+RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class LinkClient:
+    """The connecting end of a record link, reconnecting until stopped.
+
+    smtps and smtpc connect to qmgr, qmgr connects to smar; each keeps trying while its
+    peer is down (a daemon may start before the one it talks to, or outlive its
+    restart), with :data:`RECONNECT_DELAYS` between attempts and a warning on the first
+    failure and when the delays reach their longest. ``on_ready(link)``,
+    ``on_record(link, record)`` and ``on_lost(link, exc)`` are the owner's; ``link`` is
+    the current link (None between connections) and ``ready`` says whether records can
+    be sent.
+    """
+
+    def __init__(self, loop: EventLoop, socket_path, *, role: str, peer_role: str, instance: int = 0,
+                 on_ready: Callable[[RecordLink], None] | None = None,
+                 on_record: Callable[[RecordLink, object], None] | None = None,
+                 on_lost: Callable[[RecordLink, BaseException | None], None] | None = None):
+        self.loop = loop
+        self.socket_path = socket_path
+        self.role = role
+        self.peer_role = peer_role
+        self.instance = instance
+        self.on_ready = on_ready
+        self.on_record = on_record
+        self.on_lost = on_lost
+        self.link: RecordLink | None = None
+        self._attempt = 0
+        self._stopped = False
+
+    @property
+    def ready(self) -> bool:
+        return self.link is not None and self.link.ready
+
+    def start(self) -> None:
+        self._connect()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self.link is not None:
+            self.link.close()
+
+    def send(self, record: object) -> bool:
+        """Queue ``record`` on the current link; False when there is none ready."""
+        if not self.ready:
+            return False
+        self.link.send(record)
+        return True
+
+    def _connect(self) -> None:
+        if self._stopped:
+            return
+        try:
+            sock = connect_unix(str(self.socket_path))
+        except OSError as error:
+            self._retry(f"cannot connect to {self.peer_role} at {self.socket_path}: {error.strerror}")
+            return
+        self.link = RecordLink(self.loop, role=self.role, peer_role=self.peer_role, instance=self.instance,
+                               on_ready=self._ready, on_record=self.on_record, on_lost=self._lost)
+        Connection(self.loop, sock, self.link)
+
+    def _retry(self, why: str) -> None:
+        delay = RECONNECT_DELAYS[min(self._attempt, len(RECONNECT_DELAYS) - 1)]
+        if self._attempt in (0, len(RECONNECT_DELAYS)):
+            log.warning("%s; retrying", why)
+        self._attempt += 1
+        self.loop.call_later(delay, self._connect)
+
+    def _ready(self, link: RecordLink) -> None:
+        self._attempt = 0
+        log.info("connected to %s (pid %d)", self.peer_role, link.peer.pid)
+        if self.on_ready is not None:
+            self.on_ready(link)
+
+    def _lost(self, link: RecordLink, exc: BaseException | None) -> None:
+        if link is self.link:
+            self.link = None
+        if link.peer is not None:
+            log.warning("connection to %s lost%s", self.peer_role, f": {exc}" if exc else "")
+        if self.on_lost is not None:
+            self.on_lost(link, exc)
+        if not self._stopped:
+            self._retry(f"{self.peer_role} not reachable")

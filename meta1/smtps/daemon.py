@@ -47,11 +47,11 @@ import time
 from pathlib import Path
 
 from meta1.eventloop import (Connection, EventLoop, Listener, Protocol, WorkerPool,
-                             connect_unix, listen_tcp, listen_unix)
+                             listen_tcp, listen_unix)
 from meta1.ipc.records import Commit, CommitResult, Transaction
 from meta1.queue.cdb import ContentWriter, fsync_directories
 from meta1.queue.layout import QueueLayout
-from meta1.runtime.link import RecordLink
+from meta1.runtime.link import LinkClient, RecordLink
 from meta1.runtime.process import local_hostname, log_flush_per_iteration
 from meta1.smtp import R
 from meta1.ids import IdGenerator, IdUnavailable
@@ -60,59 +60,29 @@ from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenConte
 
 log = logging.getLogger("meta1.smtps")
 
-RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 #: Content held in memory while its file is being created; past it reading pauses.
 PENDING_LIMIT = 256 * 1024
 
 
 class QmgrClient:
-    """smtps' end of the link to qmgr: commits out, results back, reconnects."""
+    """smtps' end of the link to qmgr: commits out, results back; reconnects (LinkClient)."""
 
     def __init__(self, loop: EventLoop, socket_path: Path, instance: int, commit_timeout: float):
         self.loop = loop
-        self.socket_path = socket_path
-        self.instance = instance
         self.commit_timeout = commit_timeout
-        self.link: RecordLink | None = None
         self.pending: dict[str, tuple[object, object]] = {}
-        self._attempt = 0
-        self._stopped = False
+        self.client = LinkClient(loop, socket_path, role="smtps", peer_role="qmgr", instance=instance,
+                                 on_record=self._record, on_lost=self._lost)
 
     @property
     def ready(self) -> bool:
-        return self.link is not None and self.link.ready
+        return self.client.ready
 
     def start(self) -> None:
-        self._connect()
+        self.client.start()
 
     def stop(self) -> None:
-        self._stopped = True
-        if self.link is not None:
-            self.link.close()
-
-    def _connect(self) -> None:
-        if self._stopped:
-            return
-        try:
-            sock = connect_unix(str(self.socket_path))
-        except OSError as error:
-            self._retry(f"cannot connect to qmgr at {self.socket_path}: {error.strerror}")
-            return
-        link = RecordLink(self.loop, role="smtps", peer_role="qmgr", instance=self.instance,
-                          on_ready=self._ready, on_record=self._record, on_lost=self._lost)
-        self.link = link
-        Connection(self.loop, sock, link)
-
-    def _retry(self, why: str) -> None:
-        delay = RECONNECT_DELAYS[min(self._attempt, len(RECONNECT_DELAYS) - 1)]
-        if self._attempt in (0, len(RECONNECT_DELAYS)):
-            log.warning("%s; retrying", why)
-        self._attempt += 1
-        self.loop.call_later(delay, self._connect)
-
-    def _ready(self, link: RecordLink) -> None:
-        self._attempt = 0
-        log.info("connected to qmgr (pid %d)", link.peer.pid)
+        self.client.stop()
 
     def commit(self, transaction: Transaction, done) -> bool:
         """Send ``transaction``; ``done(ok, reason, uncertain)`` follows. False: not sent."""
@@ -122,7 +92,7 @@ class QmgrClient:
                                      lambda: self._finish(transaction.ta_id, False,
                                                           "no answer from qmgr", True))
         self.pending[transaction.ta_id] = (done, timer)
-        self.link.send(Commit(transaction=transaction))
+        self.client.send(Commit(transaction=transaction))
         return True
 
     def _finish(self, ta_id: str, ok: bool, reason: str, uncertain: bool) -> None:
@@ -141,13 +111,8 @@ class QmgrClient:
             link.close()
 
     def _lost(self, link: RecordLink, exc: BaseException | None) -> None:
-        if link is self.link:
-            self.link = None
-        if link.peer is not None:
-            log.warning("connection to qmgr lost%s", f": {exc}" if exc else "")
         for ta_id in list(self.pending):
             self._finish(ta_id, False, "connection to qmgr lost", True)
-        self._retry("qmgr not reachable")
 
 
 class SmtpServerConnection(Protocol):
