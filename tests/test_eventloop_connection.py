@@ -484,3 +484,37 @@ def test_listen_tcp_by_address_family(host: str) -> None:
         assert sock.getsockname()[1] != 0
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         assert not sock.getblocking()
+
+
+def test_connect_stream_tcp_unix_refused_and_cancelled(tmp_path) -> None:
+    """connect_stream: connected sockets for TCP and UNIX, the error for a closed port,
+    and no callback after cancel()."""
+    from meta1.eventloop import connect_stream
+    loop = EventLoop()
+    listener = listen_tcp("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    unix_listener = listen_unix(str(tmp_path / "sock"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]   # bound, never listening: refused
+        results: dict[str, tuple] = {}
+
+        def note(name):
+            def done(sock, why):
+                results[name] = (sock is not None, why)
+                if sock is not None:
+                    sock.close()
+                if len(results) == 3:
+                    loop.stop()
+            return done
+
+        connect_stream(loop, "127.0.0.1", port, 5.0, note("tcp"))
+        connect_stream(loop, str(tmp_path / "sock"), 0, 5.0, note("unix"))
+        connect_stream(loop, "127.0.0.1", closed_port, 5.0, note("refused"))
+        pending = connect_stream(loop, "127.0.0.1", port, 5.0, note("cancelled"))
+        pending.cancel()
+        loop.run()
+    loop.close()
+    listener.close()
+    unix_listener.close()
+    assert results == {"tcp": (True, ""), "unix": (True, ""), "refused": (False, "Connection refused")}

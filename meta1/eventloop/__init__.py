@@ -8,12 +8,12 @@ in threads, group commit). ``spec/eventloop.md`` describes how they fit together
 from __future__ import annotations
 
 from meta1.eventloop.connection import (
-    Connection, Listener, Protocol, connect_unix, listen_tcp, listen_unix,
+    Connection, Listener, PendingConnect, Protocol, connect_stream, connect_unix, listen_tcp, listen_unix,
 )
 from meta1.eventloop.loop import EventLoop, Timer
 from meta1.eventloop.workers import GroupCommit, WorkerPool
 
 __all__ = [
-    "Connection", "EventLoop", "GroupCommit", "Listener", "Protocol", "Timer", "WorkerPool",
-    "connect_unix", "listen_tcp", "listen_unix",
+    "Connection", "EventLoop", "GroupCommit", "Listener", "PendingConnect", "Protocol", "Timer",
+    "WorkerPool", "connect_stream", "connect_unix", "listen_tcp", "listen_unix",
 ]

@@ -519,3 +519,65 @@ def connect_unix(path: str) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class PendingConnect:
+    """A non-blocking connect in progress (:func:`connect_stream`); ``cancel()`` ends it."""
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, timeout: float,
+                 callback: Callable[[socket.socket | None, str], None]):
+        self.loop = loop
+        self.sock: socket.socket | None = sock
+        self.callback = callback
+        self.timer = loop.call_later(timeout, lambda: self._finish(False, "connect timed out"))
+        loop.add_writer(sock, self._writable)
+
+    def _writable(self) -> None:
+        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._finish(error == 0, os.strerror(error) if error else "")
+
+    def _finish(self, ok: bool, why: str) -> None:
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
+        self.timer.cancel()
+        self.loop.remove_writer(sock)
+        if not ok:
+            sock.close()
+        self.callback(sock if ok else None, why)
+
+    def cancel(self) -> None:
+        """Stop connecting; the callback is not called."""
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            self.timer.cancel()
+            self.loop.remove_writer(sock)
+            sock.close()
+
+
+def connect_stream(loop: EventLoop, address: str, port: int, timeout: float,
+                   callback: Callable[[socket.socket | None, str], None]) -> PendingConnect | None:
+    """Connect to ``address``:``port`` over TCP (IPv4 or IPv6 address, no name), or to the
+    UNIX socket ``address`` when it starts with ``/``, without blocking.
+
+    ``callback(sock, "")`` follows with the connected non-blocking socket, or
+    ``callback(None, why)`` — never from inside this call. Returns the pending connect
+    (for ``cancel()``), or None when it failed at once (the callback is still called,
+    through ``call_soon``).
+    """
+    unix = address.startswith("/")
+    family = socket.AF_UNIX if unix else (socket.AF_INET6 if ":" in address else socket.AF_INET)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        if not unix:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        error = sock.connect_ex(address if unix else (address, port))
+    except OSError as exc:
+        error = exc.errno or 0
+    if error in (0, errno.EINPROGRESS, errno.EAGAIN):
+        return PendingConnect(loop, sock, timeout, callback)
+    sock.close()
+    why = os.strerror(error)
+    loop.call_soon(lambda: callback(None, why))
+    return None
