@@ -1,0 +1,109 @@
+"""The smtpc daemon as a process: Delivery records from a stand-in qmgr, MX fallback over
+a dead address, the content byte for byte at Postfix's smtp-sink, results per recipient."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from meta1.ipc.codec import FrameDecoder, frame
+from meta1.ipc.records import PROTOCOL_VERSION, Delivery, DeliveryResult, Hello, Target
+from meta1.queue.layout import QueueLayout
+from mta import free_port
+from test_queue_support import store
+from test_smtpc_interop import _wait_dumps, needs_sink, sink  # noqa: F401 (fixture)
+
+CONTENT = b"From: a@example.org\r\nSubject: smtpc daemon\r\n\r\n.leading dot\r\nbody\r\n"
+
+
+class QmgrStandIn:
+    """qmgr's end of the smtpc link: listens, greets, sends deliveries, reads results."""
+
+    def __init__(self, layout: QueueLayout) -> None:
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(str(layout.smtpc_socket))
+        self.server.listen(1)
+        self.server.settimeout(30)
+        self.decoder = FrameDecoder()
+        self.pending: list[object] = []
+        self.sock: socket.socket | None = None
+
+    def accept(self) -> None:
+        self.sock, _ = self.server.accept()
+        self.sock.settimeout(30)
+        self.sock.sendall(frame(Hello(PROTOCOL_VERSION, "qmgr", os.getpid(), 0)))
+        hello = self.read()
+        assert isinstance(hello, Hello) and hello.role == "smtpc"
+
+    def read(self) -> object:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            assert data, "smtpc closed the link"
+            self.pending += self.decoder.feed(data)
+        return self.pending.pop(0)
+
+    def close(self) -> None:
+        for s in (self.sock, self.server):
+            if s is not None:
+                s.close()
+
+
+@pytest.fixture
+def smtpc(tmp_path):
+    layout = QueueLayout(tmp_path / "queue")
+    layout.ensure()
+    qmgr = QmgrStandIn(layout)
+    config = tmp_path / "meta1.conf"
+    config.write_text(f'queue_directory = "{layout.root}";\nhostname = client.test;\n'
+                      "smtpc { IO_timeout = 10s; }\n")
+    proc = subprocess.Popen([sys.executable, "-m", "meta1", "smtpc", "-f", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "smtpc.log", "wb"),
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        qmgr.accept()
+        yield layout, qmgr
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0, (tmp_path / "smtpc.log").read_text()
+        qmgr.close()
+
+
+@needs_sink
+def test_delivery_falls_back_past_a_dead_address_and_arrives_byte_identical(smtpc, sink) -> None:
+    layout, qmgr = smtpc
+    server = sink()
+    transaction = store(layout, 1, content=CONTENT, recipients=2)
+    dead_port = free_port()
+    targets = (Target("mx1.example.test", "127.0.0.2", dead_port, 10),
+               Target("mx2.example.test", "127.0.0.1", server.port, 20))
+    qmgr.sock.sendall(frame(Delivery(7, transaction, targets, False)))
+    result = qmgr.read()
+    assert isinstance(result, DeliveryResult) and result.delivery_id == 7
+    assert [(r.rcpt_id, r.code) for r in result.results] == [(r.rcpt_id, 250) for r in transaction.recipients]
+    assert result.tried == ("127.0.0.2", "127.0.0.1")
+    assert result.target == f"mx2.example.test [127.0.0.1]:{server.port}"
+    [(fields, content)] = _wait_dumps(server, 1)
+    assert content == CONTENT
+    assert fields["X-Rcpt-Args"] == [f"<{r.address}>" for r in transaction.recipients]
+
+    # The next delivery to the same address reuses the open connection.
+    second = store(layout, 2, content=CONTENT)
+    qmgr.sock.sendall(frame(Delivery(8, second, targets[1:], False)))
+    result = qmgr.read()
+    assert (result.delivery_id, [r.code for r in result.results], result.tried) == (8, [250], ("127.0.0.1",))
+
+
+def test_no_reachable_address_is_a_temporary_result(smtpc) -> None:
+    layout, qmgr = smtpc
+    transaction = store(layout, 3, content=CONTENT)
+    qmgr.sock.sendall(frame(Delivery(9, transaction, (Target("mx.example.test", "127.0.0.1", free_port(), 0),),
+                                     False)))
+    result = qmgr.read()
+    [recipient] = result.results
+    assert (recipient.code // 100, recipient.status[:2]) == (4, "4.")
+    assert result.tried == ("127.0.0.1",)
