@@ -942,7 +942,10 @@ class Scheduler:
                 else:
                     assert r in seen, f"{r.rcpt_id} ({r.state.name}) is in no queue"
                 if r.state is State.HELD:
-                    assert ta.held
+                    assert ta.held, f"{r.rcpt_id} held, its transaction not"
+                if ta.held:  # a held transaction's recipients are held, in flight, or final
+                    assert r.state in FINAL_STATES or r.state in (State.HELD, State.ACTIVE), \
+                        f"{r.rcpt_id} is {r.state.name} in a held transaction"
                 aq += r.state in AQ_STATES
                 counted_round += r.state in ROUND_STATES
                 counted_live += r.state not in FINAL_STATES
