@@ -131,6 +131,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "spec/machines/smtpc-plan.dot": _machine("meta1.smtpc.plan", "smtpc-plan", "dot"),
     "spec/machines/smar-exchange.md": _machine("meta1.smar.states", "smar-exchange", "md"),
     "spec/machines/smar-exchange.dot": _machine("meta1.smar.states", "smar-exchange", "dot"),
+    "spec/machines/qmgr-recipient.md": _machine("meta1.qmgr.states", "qmgr-recipient", "md"),
+    "spec/machines/qmgr-recipient.dot": _machine("meta1.qmgr.states", "qmgr-recipient", "dot"),
     "spec/smtp-replies.md": render_reply_catalogue,
 }
 
