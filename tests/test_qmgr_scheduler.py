@@ -466,3 +466,13 @@ def test_config_from_the_qmgr_section():
 def test_tick_is_harmless_and_wakeup_tracks_the_earliest_retry():
     h = Harness()
     assert h.send(Tick()) == [] and h.scheduler.next_wakeup is None
+
+
+def test_expired_routes_are_forgotten_once_the_cache_grows():
+    from meta1.qmgr import scheduler as module
+    h = Harness()
+    for n in range(module.ROUTE_CACHE_MIN):
+        h.route(f"d{n}.example", (10, [A1]), ttl=1)
+    h.advance(2)
+    h.route("last.example", (10, [A1]))
+    assert list(h.scheduler.routes) == ["last.example"]

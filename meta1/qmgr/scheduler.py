@@ -88,6 +88,8 @@ __all__ = [
 
 SECOND = 1_000_000
 
+#: Route cache size below which expired routes are simply left until looked up again.
+ROUTE_CACHE_MIN = 1024
 #: Reply used for recipients a delivery ended without a result for.
 NO_RESULT_REPLY = "451 4.4.0 the delivery agent gave no result for this recipient"
 #: Reply used when smar's route for a next hop names no address at all.
@@ -487,6 +489,7 @@ class Scheduler:
         self._seq = 0
         self._next_delivery_id = 1
         self._incoming_turn = True
+        self._prune_routes_at = ROUTE_CACHE_MIN
         self._unsettled: dict[_Transaction, None] = {}
         self._out: list = []
 
@@ -617,11 +620,20 @@ class Scheduler:
             self._on_route_failed(RouteFailed(event.nexthop, False, NO_ADDRESS_REPLY))
             return
         self.routes[event.nexthop] = (addresses, event.expires)
+        if len(self.routes) > self._prune_routes_at:
+            self._prune_routes()
         queue = self.ready.get(event.nexthop)
         if queue is not None:
             queue.addresses = addresses
         for r in list(self.routing.get(event.nexthop, ())):
             self._fire(r, Input.ROUTED)
+
+    def _prune_routes(self) -> None:
+        """Forget expired routes; the next check waits until the cache has doubled
+        (amortised constant cost per answer, memory bounded by the live next hops)."""
+        for nexthop in [n for n, (_, expires) in self.routes.items() if expires <= self.now]:
+            del self.routes[nexthop]
+        self._prune_routes_at = max(ROUTE_CACHE_MIN, 2 * len(self.routes))
 
     def _on_route_failed(self, event: RouteFailed) -> None:
         self.resolving.discard(event.nexthop)
