@@ -476,3 +476,12 @@ def test_expired_routes_are_forgotten_once_the_cache_grows():
     h.advance(2)
     h.route("last.example", (10, [A1]))
     assert list(h.scheduler.routes) == ["last.example"]
+
+
+def test_plan_targets_name_the_exchanger_of_each_address_once():
+    h = Harness()
+    h.arrive("T1", "example.net")
+    start = one_start(h.route("example.net", (20, [B1, A1]), (10, [A1, A2])))
+    assert start.addresses == (A1, A2, B1)
+    assert [(t.preference, t.host, t.addresses) for t in start.targets] == [
+        (10, "mx10.example.net", (A1,)), (10, "mx10.example.net", (A2,)), (20, "mx20.example.net", (B1,))]

@@ -67,12 +67,6 @@ class Exchanger:
     addresses: tuple[str, ...]
 
 
-def route_addresses(exchangers: Iterable[Exchanger]) -> tuple[str, ...]:
-    """The addresses of a route in preference order, each once (two MX names may share one)."""
-    ordered = sorted(exchangers, key=lambda mx: mx.preference)  # stable: smar's order kept
-    return tuple(dict.fromkeys(address for mx in ordered for address in mx.addresses))
-
-
 @dataclass(frozen=True)
 class Plan:
     """Where one delivery may go: ``addresses`` in order; ``reuse``: an idle session of the first."""

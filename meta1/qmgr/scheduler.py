@@ -71,7 +71,7 @@ from typing import Iterator
 from sortedcontainers import SortedDict
 
 from meta1.machine import ProtocolViolation, TraceSink
-from meta1.qmgr.destinations import Destinations, Exchanger, LimitLookup, Plan, route_addresses
+from meta1.qmgr.destinations import Destinations, Exchanger, LimitLookup, Plan
 from meta1.qmgr.states import AQ_STATES, FINAL_STATES, ROUND_STATES, TABLE, Input, State
 
 __all__ = [
@@ -293,8 +293,9 @@ class ResolveRoute:
 class StartDelivery:
     """Hand to smtpc: one SMTP transaction for ``rcpt_ids`` of ``ta_id``.
 
-    ``addresses``: where to try, in order (each has room; reuse: an idle session to the
-    only address is to be used).
+    ``addresses``: where to try, in order (each has room; ``reuse``: an idle session to
+    the only address is to be used). ``targets``: the same addresses with the exchanger
+    each belongs to (one address per :class:`Exchanger`), for smtpc's plan and its logs.
     """
 
     delivery_id: int
@@ -303,6 +304,7 @@ class StartDelivery:
     nexthop: str
     addresses: tuple[str, ...]
     reuse: bool
+    targets: tuple[Exchanger, ...] = ()
 
 
 class Final(enum.Enum):
@@ -439,13 +441,29 @@ class _Recipient:
         self.retry_key: tuple[int, int] | None = None
 
 
+class _Route:
+    """smar's answer for a next hop: its addresses in order, who each one is, until when."""
+
+    __slots__ = ("addresses", "targets", "expires")
+
+    def __init__(self, exchangers: tuple[Exchanger, ...], expires: int):
+        # Preference order; the sort is stable, so smar's shuffle of equal preferences
+        # stays. An address two exchangers share is tried once, as the preferred one's.
+        self.targets: dict[str, Exchanger] = {}
+        for mx in sorted(exchangers, key=lambda mx: mx.preference):
+            for address in mx.addresses:
+                self.targets.setdefault(address, Exchanger(mx.preference, mx.host, (address,)))
+        self.addresses = tuple(self.targets)
+        self.expires = expires
+
+
 class _NexthopQueue:
     """Recipients of one next hop waiting for a slot, by transaction (FIFO), and its route."""
 
-    __slots__ = ("addresses", "transactions")
+    __slots__ = ("route", "transactions")
 
-    def __init__(self, addresses: tuple[str, ...]):
-        self.addresses = addresses
+    def __init__(self, route: _Route):
+        self.route = route
         self.transactions: OrderedDict[str, dict[_Recipient, None]] = OrderedDict()
 
 
@@ -480,7 +498,7 @@ class Scheduler:
         self.transactions: dict[str, _Transaction] = {}
         self.incoming: OrderedDict[_Recipient, None] = OrderedDict()
         self.retry: SortedDict = SortedDict()  # (next_try, seq) -> _Recipient
-        self.routes: dict[str, tuple[tuple[str, ...], int]] = {}  # nexthop -> (addresses, expires)
+        self.routes: dict[str, _Route] = {}
         self.resolving: set[str] = set()
         self.routing: dict[str, dict[_Recipient, None]] = {}
         self.ready: OrderedDict[str, _NexthopQueue] = OrderedDict()  # round-robin order
@@ -591,7 +609,7 @@ class Scheduler:
         elif state is State.READY:
             queue = self.ready.get(r.nexthop)
             if queue is None:
-                queue = self.ready[r.nexthop] = _NexthopQueue(self.routes[r.nexthop][0])
+                queue = self.ready[r.nexthop] = _NexthopQueue(self.routes[r.nexthop])
             queue.transactions.setdefault(r.ta.ta_id, {})[r] = None
 
     # -- events -----------------------------------------------------------------------------
@@ -615,23 +633,23 @@ class Scheduler:
 
     def _on_route(self, event: RouteResolved) -> None:
         self.resolving.discard(event.nexthop)
-        addresses = route_addresses(event.exchangers)
-        if not addresses:
+        route = _Route(event.exchangers, event.expires)
+        if not route.addresses:
             self._on_route_failed(RouteFailed(event.nexthop, False, NO_ADDRESS_REPLY))
             return
-        self.routes[event.nexthop] = (addresses, event.expires)
+        self.routes[event.nexthop] = route
         if len(self.routes) > self._prune_routes_at:
             self._prune_routes()
         queue = self.ready.get(event.nexthop)
         if queue is not None:
-            queue.addresses = addresses
+            queue.route = route
         for r in list(self.routing.get(event.nexthop, ())):
             self._fire(r, Input.ROUTED)
 
     def _prune_routes(self) -> None:
         """Forget expired routes; the next check waits until the cache has doubled
         (amortised constant cost per answer, memory bounded by the live next hops)."""
-        for nexthop in [n for n, (_, expires) in self.routes.items() if expires <= self.now]:
+        for nexthop in [n for n, route in self.routes.items() if route.expires <= self.now]:
             del self.routes[nexthop]
         self._prune_routes_at = max(ROUTE_CACHE_MIN, 2 * len(self.routes))
 
@@ -829,7 +847,7 @@ class Scheduler:
 
     def _route(self, r: _Recipient) -> None:
         route = self.routes.get(r.nexthop)
-        if route is not None and route[1] > self.now:
+        if route is not None and route.expires > self.now:
             self._fire(r, Input.ROUTED)
             return
         if route is not None:
@@ -857,21 +875,22 @@ class Scheduler:
                         self.ready.move_to_end(nexthop)
 
     def _start_delivery(self, nexthop: str, queue: _NexthopQueue) -> bool:
-        plan = self.destinations.plan(queue.addresses, self.config.max_addresses_per_delivery)
+        plan = self.destinations.plan(queue.route.addresses, self.config.max_addresses_per_delivery)
         if plan is None:
             return False
         ta_id, group = next(iter(queue.transactions.items()))
         batch = list(group)[:self.config.max_recipients_per_delivery]
         delivery_id = self._next_delivery_id
         self._next_delivery_id += 1
-        complete = not plan.reuse and set(plan.addresses) == set(queue.addresses)
+        complete = not plan.reuse and set(plan.addresses) == set(queue.route.addresses)
         delivery = _Delivery(delivery_id, batch[0].ta, nexthop, batch, plan, complete)
         self.deliveries[delivery_id] = delivery
         self.destinations.take(plan)
         for r in batch:
             self._fire(r, Input.DISPATCH)
         self._out.append(StartDelivery(delivery_id, ta_id, tuple(r.rcpt_id for r in batch),
-                                       nexthop, plan.addresses, plan.reuse))
+                                       nexthop, plan.addresses, plan.reuse,
+                                       tuple(queue.route.targets[a] for a in plan.addresses)))
         return True
 
     def _settle(self) -> None:
@@ -931,7 +950,7 @@ class Scheduler:
                     assert r.state is State.READY and r.nexthop == nexthop and r.ta.ta_id == ta_id
                     place(r, "ready")
             # nothing waits for a slot that exists
-            assert self.destinations.plan(queue.addresses, 1) is None, f"{nexthop}: idle capacity"
+            assert self.destinations.plan(queue.route.addresses, 1) is None, f"{nexthop}: idle capacity"
         reserved: dict[str, int] = {}
         busy: dict[str, int] = {}
         for delivery in self.deliveries.values():
