@@ -73,9 +73,10 @@ from sortedcontainers import SortedDict
 from meta1.machine import ProtocolViolation, TraceSink
 from meta1.qmgr.destinations import Destinations, Exchanger, LimitLookup, Plan
 from meta1.qmgr.states import AQ_STATES, FINAL_STATES, ROUND_STATES, TABLE, Input, State
+from meta1.queue.retry import SECOND, next_try_time
 
 __all__ = [
-    "SchedulerConfig", "Scheduler", "SchedulerError", "Exchanger",
+    "SECOND", "SchedulerConfig", "Scheduler", "SchedulerError", "Exchanger",
     # events
     "RecipientEntry", "TransactionArrived", "RouteResolved", "RouteFailed", "Connected",
     "Status", "RecipientOutcome", "DeliveryEnded", "SessionClosed", "DeliveryAgentLost",
@@ -85,8 +86,6 @@ __all__ = [
     "FailedRecipient", "Bounce", "DelayedRecipient", "DelayWarning", "TransactionDone",
     "RecipientView",
 ]
-
-SECOND = 1_000_000
 
 #: Route cache size below which expired routes are simply left until looked up again.
 ROUTE_CACHE_MIN = 1024
@@ -794,27 +793,24 @@ class Scheduler:
     def _fail(self, r: _Recipient, reply: str, *, permanent: bool) -> None:
         """A failed attempt: bounce, or defer with backoff (and hold if the message is held)."""
         r.last_reply = reply
-        age = self.now - r.ta.arrival
-        if permanent or age >= self.config.queue_lifetime:
+        c = self.config
+        next_try = None if permanent else next_try_time(
+            self.now, r.attempts + 1, arrival=r.ta.arrival, min_delay=c.min_queue_delay,
+            max_delay=c.max_queue_delay, lifetime=c.queue_lifetime)
+        if next_try is None:  # a permanent reply, or the queue lifetime is over
             self._fire(r, Input.BOUNCE)
             r.ta.bounced.append((r, not permanent))
             return
         r.attempts += 1
-        r.next_try = min(self.now + self._backoff(r.attempts), r.ta.arrival + self.config.queue_lifetime)
-        warning = self.config.delay_warning
-        if warning is not None and not r.warned and age >= warning:
+        r.next_try = next_try
+        # The warning counts from the arrival, as the sender sees it (D-SCHED-8).
+        if c.delay_warning is not None and not r.warned and self.now - r.ta.arrival >= c.delay_warning:
             r.warned = True
             r.ta.delayed.append(r)
         self._fire(r, Input.DEFER)
         self._out.append(RecordDeferred(r.ta.ta_id, r.rcpt_id, r.next_try, r.attempts, reply, r.warned))
         if r.ta.held:
             self._fire(r, Input.HOLD)
-
-    def _backoff(self, attempts: int) -> int:
-        """The delay after the ``attempts``-th temporary failure (doubling, bounded)."""
-        low, high = self.config.min_queue_delay, self.config.max_queue_delay
-        doublings = min(attempts - 1, high.bit_length())  # past this the cap applies anyway
-        return min(high, low << doublings)
 
     def _delete(self, r: _Recipient) -> None:
         was_deferred = r.attempts > 0
