@@ -23,7 +23,9 @@ Events (inputs)
     (per-recipient results, the session's fate, the addresses that failed),
     ``SessionClosed`` (smtpc closed an idle session), ``DeliveryAgentLost`` (smtpc died),
     ``Tick`` (the timer fired, or the clock was stepped), and the operator's ``Flush``,
-    ``Hold``, ``Release``, ``Delete``.
+    ``Hold``, ``Release``, ``Delete``. ``Connected`` and ``SessionClosed`` are optional:
+    without the first a delivery keeps its connect reservations until it ends; without
+    the second the daemon reports every session as closed (``kept_open=False``).
 
 Actions (outputs), in the order they must take effect
     ``ResolveRoute``, ``StartDelivery``, ``RecordDone`` (IBDB "done"; also drop the DEFEDB
