@@ -317,5 +317,5 @@ class SchedulerModel(RuleBasedStateMachine):
 
 
 TestScheduler = SchedulerModel.TestCase
-TestScheduler.settings = settings(max_examples=150, stateful_step_count=60, deadline=None,
+TestScheduler.settings = settings(max_examples=120, stateful_step_count=60, deadline=None,
                                   suppress_health_check=[HealthCheck.too_slow])

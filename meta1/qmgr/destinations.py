@@ -46,6 +46,10 @@ Strategies
     Entries with nothing open, nothing reserved and the initial window are forgotten,
     so memory follows the addresses in use; a lowered window is kept until deliveries
     raise it again.
+
+    *Freed addresses.* Every change that can give an address room (a reservation given
+    back, a session ended or gone idle, a window raised) notes the address in ``freed``;
+    the scheduler drains it to wake only the next hops that wait for those addresses.
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ class Destinations:
         self.max_connections = max_connections
         self.limits = limits
         self.addresses: dict[str, AddressState] = {}
+        self.freed: dict[str, None] = {}  # insertion-ordered set: deterministic wake-ups
 
     def get(self, address: str) -> AddressState:
         state = self.addresses.get(address)
@@ -121,6 +126,16 @@ class Destinations:
                     initial = max(1, min(override[0], maximum))
             state = self.addresses[address] = AddressState(initial, maximum)
         return state
+
+    def can_start(self, address: str) -> bool:
+        """A delivery could go to ``address`` now: an idle session, or room for a new one."""
+        state = self.addresses.get(address)
+        return state is None or bool(state.idle) or state.has_room()
+
+    def drain_freed(self) -> list[str]:
+        """The addresses that may have gained room since the last call."""
+        freed, self.freed = list(self.freed), {}
+        return freed
 
     def _forget_if_unused(self, address: str) -> None:
         state = self.addresses.get(address)
@@ -158,6 +173,7 @@ class Destinations:
         """Give back connect reservations that were not used."""
         for address in reserved:
             self.get(address).pending -= 1
+            self.freed[address] = None
             self._forget_if_unused(address)
 
     def opened(self, address: str) -> None:
@@ -169,6 +185,7 @@ class Destinations:
     def session_ended(self, address: str, kept_open: bool) -> None:
         """The delivery on a session to ``address`` is over; the session stays idle or closes."""
         state = self.get(address)
+        self.freed[address] = None
         if kept_open:
             state.idle += 1
         else:
@@ -184,12 +201,14 @@ class Destinations:
             return
         state.idle -= 1
         state.sessions -= 1
+        self.freed[address] = None
         self._forget_if_unused(address)
 
     def all_lost(self) -> None:
         """smtpc is gone: no session is open, no connect is pending. Windows are kept."""
-        for state in self.addresses.values():
+        for address, state in self.addresses.items():
             state.sessions = state.idle = state.pending = 0
+            self.freed[address] = None
         for address in [a for a, s in self.addresses.items() if s.forgettable()]:
             del self.addresses[address]
 
@@ -200,6 +219,7 @@ class Destinations:
         state = self.get(address)
         if state.window < state.maximum and state.window < state.in_use + state.initial:
             state.window += 1
+            self.freed[address] = None
 
     def failed(self, address: str) -> None:
         """Negative feedback: ``address`` could not be reached or would not talk."""

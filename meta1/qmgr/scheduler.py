@@ -459,13 +459,19 @@ class _Route:
 
 
 class _NexthopQueue:
-    """Recipients of one next hop waiting for a slot, by transaction (FIFO), and its route."""
+    """Recipients of one next hop waiting for a slot, by transaction (FIFO), and its route.
 
-    __slots__ = ("route", "transactions")
+    ``blocked``: the last try found every address of the route without room; the next hop
+    is then listed under each of them in ``Scheduler.waiting`` instead of in
+    ``Scheduler.runnable``.
+    """
+
+    __slots__ = ("route", "transactions", "blocked")
 
     def __init__(self, route: _Route):
         self.route = route
         self.transactions: OrderedDict[str, dict[_Recipient, None]] = OrderedDict()
+        self.blocked = False
 
 
 class _Delivery:
@@ -502,7 +508,9 @@ class Scheduler:
         self.routes: dict[str, _Route] = {}
         self.resolving: set[str] = set()
         self.routing: dict[str, dict[_Recipient, None]] = {}
-        self.ready: OrderedDict[str, _NexthopQueue] = OrderedDict()  # round-robin order
+        self.ready: dict[str, _NexthopQueue] = {}
+        self.runnable: OrderedDict[str, None] = OrderedDict()  # next hops to try, round robin
+        self.waiting: dict[str, OrderedDict[str, None]] = {}  # address -> next hops blocked on it
         self.deliveries: dict[int, _Delivery] = {}
         self.aq_size = 0
         self._seq = 0
@@ -594,6 +602,9 @@ class Scheduler:
             if not group:
                 del queue.transactions[r.ta.ta_id]
                 if not queue.transactions:
+                    if queue.blocked:
+                        self._unblock(r.nexthop, queue)
+                    self.runnable.pop(r.nexthop, None)
                     del self.ready[r.nexthop]
 
     def _attach(self, r: _Recipient) -> None:
@@ -611,6 +622,7 @@ class Scheduler:
             queue = self.ready.get(r.nexthop)
             if queue is None:
                 queue = self.ready[r.nexthop] = _NexthopQueue(self.routes[r.nexthop])
+                self.runnable[r.nexthop] = None
             queue.transactions.setdefault(r.ta.ta_id, {})[r] = None
 
     # -- events -----------------------------------------------------------------------------
@@ -642,7 +654,9 @@ class Scheduler:
         if len(self.routes) > self._prune_routes_at:
             self._prune_routes()
         queue = self.ready.get(event.nexthop)
-        if queue is not None:
+        if queue is not None:  # new addresses: it may go now
+            if queue.blocked:
+                self._unblock(event.nexthop, queue)
             queue.route = route
         for r in list(self.routing.get(event.nexthop, ())):
             self._fire(r, Input.ROUTED)
@@ -857,20 +871,56 @@ class Scheduler:
     def _dispatch(self) -> None:
         """Start deliveries while some next hop has recipients and an address with room.
 
-        One delivery per next hop per turn; a next hop that got one goes to the back of the
-        line (round robin). Ends when a whole turn starts nothing.
+        Runnable next hops take turns, one delivery each per turn; one that got a delivery
+        goes to the back of the line (round robin), one that found no room is *blocked*:
+        listed under each of its addresses in ``waiting``. When an address may have
+        gained room (``Destinations.freed``) the next hops waiting for it are woken
+        oldest first, each with one delivery at once, as long as that address can take
+        one. So the work after an event follows the slots it freed, not the number of
+        next hops waiting (many domains hosted on one server's addresses).
         """
         progress = True
-        while progress and self.ready:
+        while progress:
             progress = False
-            for nexthop in list(self.ready):
+            for nexthop in list(self.runnable):
                 queue = self.ready.get(nexthop)
-                if queue is None:
+                if queue is None or nexthop not in self.runnable:
                     continue
                 if self._start_delivery(nexthop, queue):
                     progress = True
-                    if nexthop in self.ready:
-                        self.ready.move_to_end(nexthop)
+                    if nexthop in self.runnable:
+                        self.runnable.move_to_end(nexthop)
+                else:
+                    del self.runnable[nexthop]
+                    self._block(nexthop, queue)
+            for address in self.destinations.drain_freed():
+                waiting = self.waiting.get(address)
+                tries = len(waiting) if waiting else 0
+                while tries and waiting and self.destinations.can_start(address):
+                    tries -= 1
+                    nexthop = next(iter(waiting))
+                    queue = self.ready[nexthop]
+                    self._unblock(nexthop, queue)
+                    if self._start_delivery(nexthop, queue):
+                        progress = True  # it stays runnable for its next turn
+                    else:
+                        del self.runnable[nexthop]
+                        self._block(nexthop, queue)
+
+    def _block(self, nexthop: str, queue: _NexthopQueue) -> None:
+        queue.blocked = True
+        for address in queue.route.addresses:
+            self.waiting.setdefault(address, OrderedDict())[nexthop] = None
+
+    def _unblock(self, nexthop: str, queue: _NexthopQueue) -> None:
+        """Out of ``waiting`` (under the addresses it was blocked on), into ``runnable``."""
+        queue.blocked = False
+        for address in queue.route.addresses:
+            waiting = self.waiting[address]
+            del waiting[nexthop]
+            if not waiting:
+                del self.waiting[address]
+        self.runnable[nexthop] = None
 
     def _start_delivery(self, nexthop: str, queue: _NexthopQueue) -> bool:
         plan = self.destinations.plan(queue.route.addresses, self.config.max_addresses_per_delivery)
@@ -940,8 +990,12 @@ class Scheduler:
             for r in waiting:
                 assert r.state is State.ROUTING and r.nexthop == nexthop
                 place(r, "routing")
+        assert not self.runnable and not self.destinations.freed, "dispatch left work"
+        blocked_on: dict[str, set[str]] = {}
         for nexthop, queue in self.ready.items():
-            assert queue.transactions
+            assert queue.transactions and queue.blocked
+            for address in queue.route.addresses:
+                blocked_on.setdefault(address, set()).add(nexthop)
             for ta_id, group in queue.transactions.items():
                 assert group
                 for r in group:
@@ -949,6 +1003,7 @@ class Scheduler:
                     place(r, "ready")
             # nothing waits for a slot that exists
             assert self.destinations.plan(queue.route.addresses, 1) is None, f"{nexthop}: idle capacity"
+        assert {a: set(n) for a, n in self.waiting.items()} == blocked_on, "waiting index"
         reserved: dict[str, int] = {}
         busy: dict[str, int] = {}
         for delivery in self.deliveries.values():
