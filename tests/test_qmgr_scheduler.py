@@ -485,3 +485,28 @@ def test_plan_targets_name_the_exchanger_of_each_address_once():
     assert start.addresses == (A1, A2, B1)
     assert [(t.preference, t.host, t.addresses) for t in start.targets] == [
         (10, "mx10.example.net", (A1,)), (10, "mx10.example.net", (A2,)), (20, "mx20.example.net", (B1,))]
+
+
+def test_next_hops_waiting_for_one_address_are_woken_longest_waiting_first():
+    h = Harness(initial_connections=1, max_connections=1)
+    for n in range(4):
+        h.route(f"d{n}.example", (10, [A1]))
+    first = one_start(h.arrive("T0", "d0.example"))
+    for n in (3, 1, 2):
+        h.arrive(f"T{n}", f"d{n}.example")
+    assert h.scheduler.waiting == {A1: {"d3.example": None, "d1.example": None, "d2.example": None}}
+    order = []
+    start = first
+    for _ in range(3):
+        start = one_start(h.end(start, kept_open=False))
+        order.append(start.nexthop)
+    assert order == ["d3.example", "d1.example", "d2.example"]
+
+
+def test_a_new_route_wakes_a_blocked_next_hop():
+    h = Harness(initial_connections=1, max_connections=1)
+    h.arrive("T1", "example.net")
+    h.connected(one_start(routed(h)), A1)
+    assert h.of(StartDelivery, h.arrive("T2", "example.net")) == []  # blocked on A1
+    start = one_start(h.route("example.net", (10, [A2])))
+    assert start.ta_id == "T2" and start.addresses == (A2,)
