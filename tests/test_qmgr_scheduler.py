@@ -510,3 +510,21 @@ def test_a_new_route_wakes_a_blocked_next_hop():
     assert h.of(StartDelivery, h.arrive("T2", "example.net")) == []  # blocked on A1
     start = one_start(h.route("example.net", (10, [A2])))
     assert start.ta_id == "T2" and start.addresses == (A2,)
+
+
+def test_a_refused_event_changes_nothing():
+    h = Harness()
+    h.arrive("T1", "example.net")
+    start = one_start(routed(h, addresses=(A1, A2)))
+    with pytest.raises(SchedulerError):
+        h.scheduler.handle(DeliveryEnded(start.delivery_id, B1, False, (), failed=(A1,)), h.now)
+    h.scheduler.check_invariants()
+    assert h.scheduler.destinations.get(A1).window == 4  # no feedback from the refused event
+    h.connected(start, A2, failed=[A1])
+    with pytest.raises(SchedulerError):
+        h.connected(start, A1)  # already on A2
+    with pytest.raises(SchedulerError):
+        h.scheduler.handle(TransactionArrived("T2", "a@b", h.now, (
+            RecipientEntry("T2-0000", "x"), RecipientEntry("T2-0000", "x"))), h.now)
+    assert "T2" not in h.scheduler.transactions
+    assert only(h.of(RecordDone, h.end(start, A2))).outcome is Final.DELIVERED

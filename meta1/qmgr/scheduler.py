@@ -99,7 +99,8 @@ NO_ADDRESS_REPLY = "451 4.4.3 no address for the next hop"
 
 class SchedulerError(Exception):
     """An event that contradicts the scheduler's state (an unknown delivery, a duplicate
-    transaction, an address outside a delivery's plan): a bug in the caller or a peer."""
+    transaction, an address outside a delivery's plan): a bug in the caller or a peer.
+    The event is refused before it changes anything."""
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -630,11 +631,11 @@ class Scheduler:
     def _on_arrival(self, event: TransactionArrived) -> None:
         if event.ta_id in self.transactions:
             raise SchedulerError(f"{event.ta_id}: transaction already queued")
+        if len({entry.rcpt_id for entry in event.recipients}) != len(event.recipients):
+            raise SchedulerError(f"{event.ta_id}: a recipient is listed twice")
         ta = self.transactions[event.ta_id] = _Transaction(event)
         self._unsettled[ta] = None  # even with no recipient left: it is done at once
         for entry in event.recipients:
-            if entry.rcpt_id in ta.recipients:
-                raise SchedulerError(f"{entry.rcpt_id}: recipient listed twice")
             r = ta.recipients[entry.rcpt_id] = _Recipient(ta, entry)
             # The first placement has no table row (states.py): where the record says.
             if ta.held:
@@ -675,23 +676,17 @@ class Scheduler:
             self._fail(r, event.reply, permanent=event.permanent)
 
     def _on_connected(self, event: Connected) -> None:
-        delivery = self._delivery(event.delivery_id)
+        delivery = self._delivery(event.delivery_id, event.address)
         self._failed_addresses(delivery, event.failed)
-        if delivery.session is not None:
-            if event.address != delivery.session:
-                raise SchedulerError(f"delivery {event.delivery_id}: connected twice")
-            return
-        self._open(delivery, event.address)
+        if delivery.session is None:
+            self._open(delivery, event.address)
 
     def _on_delivery_ended(self, event: DeliveryEnded) -> None:
-        delivery = self._delivery(event.delivery_id)
+        delivery = self._delivery(event.delivery_id, event.address)
         del self.deliveries[event.delivery_id]
         self._failed_addresses(delivery, event.failed)
         if event.address is not None and delivery.session is None:
             self._open(delivery, event.address)
-        elif event.address is not None and event.address != delivery.session:
-            raise SchedulerError(f"delivery {event.delivery_id}: ended on {event.address}, "
-                                 f"connected to {delivery.session}")
         self.destinations.release(delivery.reserved)
         delivery.reserved = []
         if delivery.session is not None:
@@ -771,10 +766,16 @@ class Scheduler:
             raise KeyError(ta_id)
         return ta
 
-    def _delivery(self, delivery_id: int) -> _Delivery:
+    def _delivery(self, delivery_id: int, address: str | None) -> _Delivery:
+        """The delivery in flight, checked against the address smtpc reports (before any
+        change: an event refused with SchedulerError has had no effect)."""
         delivery = self.deliveries.get(delivery_id)
         if delivery is None:
             raise SchedulerError(f"no delivery {delivery_id} in flight")
+        if address is not None and address != delivery.session and (
+                delivery.session is not None or address not in delivery.reserved):
+            raise SchedulerError(f"delivery {delivery_id}: {address} is not its session "
+                                 f"or in its plan")
         return delivery
 
     def _failed_addresses(self, delivery: _Delivery, addresses: tuple[str, ...]) -> None:
@@ -786,8 +787,6 @@ class Scheduler:
 
     def _open(self, delivery: _Delivery, address: str) -> None:
         """smtpc reached ``address``: a reservation becomes a session, the others are freed."""
-        if address not in delivery.reserved:
-            raise SchedulerError(f"delivery {delivery.delivery_id}: {address} is not in its plan")
         delivery.reserved.remove(address)
         self.destinations.opened(address)
         self.destinations.release(delivery.reserved)
@@ -954,7 +953,7 @@ class Scheduler:
     def _report(self, ta: _Transaction) -> None:
         if ta.bounced:
             failed, ta.bounced = ta.bounced, []
-            if ta.report_level == 0 and ta.sender or ta.report_level == 1:
+            if (ta.report_level == 0 and ta.sender) or ta.report_level == 1:
                 self._out.append(Bounce(ta.ta_id, ta.sender, ta.report_level == 1, tuple(
                     FailedRecipient(r.rcpt_id, r.last_reply, r.attempts, expired)
                     for r, expired in failed)))
