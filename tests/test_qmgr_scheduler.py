@@ -7,9 +7,10 @@ import pytest
 from meta1.config import load_text
 from meta1.machine import ProtocolViolation
 from meta1.qmgr.scheduler import (
-    NO_RESULT_REPLY, SECOND, Bounce, Delete, DelayWarning, DeliveryAgentLost, DeliveryEnded, Final, Flush, Hold, RecipientEntry,
-    RecipientOutcome, RecordDeferred, RecordDone, RecordHold, Release, ResolveRoute, Scheduler, SchedulerConfig,
-    SchedulerError, SessionClosed, StartDelivery, Tick, TransactionArrived, TransactionDone,
+    NO_RESULT_REPLY, SECOND, Bounce, Delete, DelayWarning, DeliveryAgentLost, DeliveryEnded,
+    Final, Flush, Hold, MessageKind, RecipientEntry, RecipientOutcome, RecordDeferred, RecordDone,
+    RecordHold, Release, ResolveRoute, Scheduler, SchedulerConfig, SchedulerError, SessionClosed,
+    StartDelivery, Tick, TransactionArrived, TransactionDone,
 )
 from meta1.qmgr.states import TABLE, Input, State
 from test_qmgr_scheduler_support import DELIVERED, LATER, NEVER, PERMANENT, TEMPORARY, Harness, only
@@ -79,8 +80,8 @@ def test_b58_no_bounce_for_the_null_sender_but_recipients_end():
 
 def test_failing_dsn_goes_to_postmaster_and_a_failing_postmaster_notice_to_no_one():
     h = Harness()
-    h.arrive("D1", "example.net", sender="", report_level=1)
-    h.arrive("D2", "example.net", sender="", report_level=2)
+    h.arrive("D1", "example.net", sender="", kind=MessageKind.DSN)
+    h.arrive("D2", "example.net", sender="", kind=MessageKind.DOUBLE_BOUNCE)
     routed(h)
     for start in h.of(StartDelivery):
         h.end(start, status=PERMANENT)
@@ -456,7 +457,8 @@ def test_config_from_the_qmgr_section():
                        " AQ_max_entries = 50; smtpc { initial_connections = 2; max_connections = 7; } }",
                        "t.conf", home="/nonexistent")
     c = SchedulerConfig.from_config(config, max_recipients_per_delivery=10)
-    assert (c.min_queue_delay, c.max_queue_delay, c.queue_lifetime) == (60 * SECOND, 7200 * SECOND, 3 * 86400 * SECOND)
+    assert (c.min_queue_delay, c.max_queue_delay) == (60 * SECOND, 7200 * SECOND)
+    assert c.queue_lifetime == 3 * 86400 * SECOND
     assert (c.aq_max_entries, c.initial_connections, c.max_connections) == (50, 2, 7)
     assert c.max_recipients_per_delivery == 10
     with pytest.raises(ValueError):

@@ -28,12 +28,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from meta1.qmgr.scheduler import (
     SECOND, Bounce, Connected, Delete, DelayWarning, DeliveryAgentLost, DeliveryEnded, Exchanger,
-    Flush, Hold, RecipientEntry, RecipientOutcome, RecordDeferred, RecordDone, RecordHold,
+    Flush, Hold, MessageKind, RecipientEntry, RecipientOutcome, RecordDeferred, RecordDone, RecordHold,
     Release, ResolveRoute, RouteFailed, RouteResolved, Scheduler, SchedulerConfig, SessionClosed,
     StartDelivery, Status, Tick, TransactionArrived, TransactionDone,
 )
 from meta1.qmgr.states import AQ_STATES, State
 
+KINDS = (MessageKind.ORIGINAL, MessageKind.DSN, MessageKind.DOUBLE_BOUNCE)
 NEXTHOPS = ("a.example", "b.example", "c.example")
 ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
 TIGHT = "10.0.0.1"  # ocm: 1 for this one (B59)
@@ -157,7 +158,7 @@ class SchedulerModel(RuleBasedStateMachine):
         if held:
             self.held.add(ta_id)
         self.send(TransactionArrived(ta_id, sender if level == 0 else "", arrival, tuple(entries),
-                                     held=held, report_level=level))
+                                     held=held, kind=KINDS[level]))
 
     # -- smar -------------------------------------------------------------------------------
 
@@ -205,7 +206,8 @@ class SchedulerModel(RuleBasedStateMachine):
         elif address is None:
             failed = start.addresses
         if address is None:
-            outcomes = tuple(RecipientOutcome(r, Status.TEMPORARY, "451 4.4.1 no answer") for r in start.rcpt_ids)
+            outcomes = tuple(RecipientOutcome(r, Status.TEMPORARY, "451 4.4.1 no answer")
+                             for r in start.rcpt_ids)
         else:
             statuses = data.draw(st.lists(st.sampled_from(Status), min_size=len(start.rcpt_ids),
                                           max_size=len(start.rcpt_ids)))

@@ -73,12 +73,13 @@ from typing import Iterator
 from sortedcontainers import SortedDict
 
 from meta1.machine import ProtocolViolation, TraceSink
+from meta1.qmgr.dsn import MessageKind
 from meta1.qmgr.destinations import Destinations, Exchanger, LimitLookup, Plan
 from meta1.qmgr.states import AQ_STATES, FINAL_STATES, ROUND_STATES, TABLE, Input, State
 from meta1.queue.retry import SECOND, next_try_time
 
 __all__ = [
-    "SECOND", "SchedulerConfig", "Scheduler", "SchedulerError", "Exchanger",
+    "SECOND", "SchedulerConfig", "Scheduler", "SchedulerError", "Exchanger", "MessageKind",
     # events
     "RecipientEntry", "TransactionArrived", "RouteResolved", "RouteFailed", "Connected",
     "Status", "RecipientOutcome", "DeliveryEnded", "SessionClosed", "DeliveryAgentLost",
@@ -168,8 +169,8 @@ class RecipientEntry:
 class TransactionArrived:
     """A transaction enters the scheduler (from smtps after its IBDB commit, or on replay).
 
-    ``report_level``: 0 ordinary mail; 1 a DSN qmgr generated (its failure is reported to
-    the postmaster); 2 such a postmaster notice (its failure is reported to no one).
+    ``kind`` (spec/dsn.md): ``ORIGINAL`` mail; a ``DSN`` qmgr generated (its failure is
+    reported to the postmaster); a ``DOUBLE_BOUNCE`` notice (its failure to no one).
     ``recipients`` holds only those not yet done.
     """
 
@@ -178,7 +179,7 @@ class TransactionArrived:
     arrival: int
     recipients: tuple[RecipientEntry, ...]
     held: bool = False
-    report_level: int = 0
+    kind: MessageKind = MessageKind.ORIGINAL
 
 
 @dataclass(frozen=True)
@@ -410,14 +411,14 @@ class RecipientView:
 # -- internal records ------------------------------------------------------------------------
 
 class _Transaction:
-    __slots__ = ("ta_id", "sender", "arrival", "report_level", "recipients", "held", "deleted",
+    __slots__ = ("ta_id", "sender", "arrival", "kind", "recipients", "held", "deleted",
                  "in_round", "live", "bounced", "delayed")
 
     def __init__(self, event: TransactionArrived):
         self.ta_id = event.ta_id
         self.sender = event.sender
         self.arrival = event.arrival
-        self.report_level = event.report_level
+        self.kind = event.kind
         self.recipients: dict[str, _Recipient] = {}
         self.held = event.held
         self.deleted = False
@@ -953,8 +954,9 @@ class Scheduler:
     def _report(self, ta: _Transaction) -> None:
         if ta.bounced:
             failed, ta.bounced = ta.bounced, []
-            if (ta.report_level == 0 and ta.sender) or ta.report_level == 1:
-                self._out.append(Bounce(ta.ta_id, ta.sender, ta.report_level == 1, tuple(
+            to_postmaster = ta.kind is MessageKind.DSN
+            if (ta.kind is MessageKind.ORIGINAL and ta.sender) or to_postmaster:
+                self._out.append(Bounce(ta.ta_id, ta.sender, to_postmaster, tuple(
                     FailedRecipient(r.rcpt_id, r.last_reply, r.attempts, expired)
                     for r, expired in failed)))
             for r, _ in failed:
@@ -963,7 +965,7 @@ class Scheduler:
         if ta.delayed:
             delayed, ta.delayed = ta.delayed, []
             still = [r for r in delayed if r.state in (State.DEFERRED, State.HELD)]
-            if still and ta.sender and ta.report_level == 0:
+            if still and ta.sender and ta.kind is MessageKind.ORIGINAL:
                 self._out.append(DelayWarning(ta.ta_id, ta.sender, tuple(
                     DelayedRecipient(r.rcpt_id, r.last_reply, r.attempts, r.next_try) for r in still)))
 
