@@ -213,6 +213,33 @@ def test_backoff_doubles_between_min_and_max_queue_delay():
     assert only(h.of(RecordDeferred, h.end(start, status=TEMPORARY))).attempts == 8
 
 
+@pytest.mark.parametrize("minimum, maximum, lifetime, series, bounced_after", [
+    # seconds: the delays after each 4xx; the attempt on which the recipient bounces
+    (300, 3600, 5 * 86400, [300, 600, 1200, 2400, 3600, 3600], None),
+    (60, 60, 200, [60, 60, 60, 20], 5),            # the last delay is cut to the deadline
+    (100, 1000, 700, [100, 200, 400], 4),          # 100+200+400 = 700: the try at expiry fails
+    (1, 1 << 40, 1 << 41, [1, 2, 4, 8, 16, 32], None),
+])
+def test_backoff_and_lifetime_table(minimum, maximum, lifetime, series, bounced_after):
+    h = Harness(min_queue_delay=minimum * SECOND, max_queue_delay=maximum * SECOND,
+                queue_lifetime=lifetime * SECOND)
+    h.arrive("T1", "example.net")
+    start = one_start(routed(h))
+    delays, bounced = [], None
+    for attempt in range(1, len(series) + 2):
+        before = h.now
+        actions = h.end(start, status=TEMPORARY)
+        if h.of(Bounce, actions):
+            assert only(only(h.of(Bounce, actions)).recipients).expired
+            bounced = attempt
+            break
+        delays.append((only(h.of(RecordDeferred, actions)).next_try - before) // SECOND)
+        if bounced_after is None and len(delays) == len(series):
+            break
+        start = one_start(h.wake())
+    assert (delays, bounced) == (series, bounced_after)
+
+
 def test_lifetime_clamps_the_last_retry_and_then_bounces_expired():
     h = Harness(queue_lifetime=1000 * SECOND)
     arrival = h.now
