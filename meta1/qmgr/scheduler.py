@@ -548,6 +548,7 @@ class Scheduler:
     # -- introspection ----------------------------------------------------------------------
 
     def recipients(self) -> Iterator[RecipientView]:
+        """Every recipient of every transaction not yet done (for ``mailq``), in arrival order."""
         for ta in self.transactions.values():
             for r in ta.recipients.values():
                 yield RecipientView(ta.ta_id, r.rcpt_id, r.nexthop, r.state, r.attempts,
