@@ -49,7 +49,8 @@ from pathlib import Path
 from meta1.eventloop import (Connection, EventLoop, Listener, Protocol, WorkerPool,
                              listen_tcp, listen_unix)
 from meta1.ipc.records import Commit, CommitResult, Transaction
-from meta1.queue.cdb import ContentWriter, fsync_directories
+from meta1.queue.cdb import ContentWriter
+from meta1.queue.idstate import IdState
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkClient, RecordLink
 from meta1.runtime.process import local_hostname, log_flush_per_iteration
@@ -377,7 +378,8 @@ class SmtpServer:
         self.trace = trace
         self.min_free_space = self.node.min_free_space
         self.sessions: set[SmtpServerConnection] = set()
-        self.ids = IdGenerator(self._id_start(), instance, reserve=self._reserve_ids)
+        id_state = IdState(self.id_state)
+        self.ids = IdGenerator(id_state.start(self.now_us()), instance, reserve=id_state.reserve)
         self.opener = WorkerPool(self.loop, threads=1, name="smtps-opener")
         self.qmgr = QmgrClient(self.loop, self.layout.smtps_socket, instance,
                                commit_timeout=float(self.node.io_timeout))
@@ -413,28 +415,6 @@ class SmtpServer:
         ``smtps/idstate.NN`` (each index counts on its own; the index keeps ids apart)."""
         path = self.layout.id_state
         return path if self.instance == 0 else path.with_name(f"{path.name}.{self.instance:02X}")
-
-    def _id_start(self) -> int:
-        stored = 0
-        try:
-            stored = int(self.id_state.read_text().strip(), 16)
-        except FileNotFoundError:
-            pass
-        except ValueError:
-            log.warning("%s is damaged; ids continue from the clock", self.id_state)
-        return max(stored, self.now_us())
-
-    def _reserve_ids(self, ceiling: int) -> None:
-        path = self.id_state
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        try:
-            os.write(fd, f"{ceiling:016X}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_directories([path.parent])
 
     # -- sockets -------------------------------------------------------------------------------
 
