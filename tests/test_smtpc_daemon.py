@@ -81,29 +81,31 @@ def test_delivery_falls_back_past_a_dead_address_and_arrives_byte_identical(smtp
     dead_port = free_port()
     targets = (Target("mx1.example.test", "127.0.0.2", dead_port, 10),
                Target("mx2.example.test", "127.0.0.1", server.port, 20))
-    qmgr.sock.sendall(frame(Delivery(7, transaction, targets, False)))
+    qmgr.sock.sendall(frame(Delivery(7, transaction, targets, False, False)))
     result = qmgr.read()
     assert isinstance(result, DeliveryResult) and result.delivery_id == 7
     assert [(r.rcpt_id, r.code) for r in result.results] == [(r.rcpt_id, 250) for r in transaction.recipients]
-    assert result.tried == ("127.0.0.2", "127.0.0.1")
-    assert result.target == f"mx2.example.test [127.0.0.1]:{server.port}"
+    assert (result.tried, result.address, result.kept_open) == (("127.0.0.2", "127.0.0.1"), "127.0.0.1", True)
     [(fields, content)] = _wait_dumps(server, 1)
     assert content == CONTENT
     assert fields["X-Rcpt-Args"] == [f"<{r.address}>" for r in transaction.recipients]
 
-    # The next delivery to the same address reuses the open connection.
+    # The next delivery to the same address reuses the open connection (qmgr says so).
     second = store(layout, 2, content=CONTENT)
-    qmgr.sock.sendall(frame(Delivery(8, second, targets[1:], False)))
+    qmgr.sock.sendall(frame(Delivery(8, second, targets[1:], False, True)))
     result = qmgr.read()
     assert (result.delivery_id, [r.code for r in result.results], result.tried) == (8, [250], ("127.0.0.1",))
+    assert result.kept_open
+    assert len(_wait_dumps(server, 2)) == 2
 
 
 def test_no_reachable_address_is_a_temporary_result(smtpc) -> None:
     layout, qmgr = smtpc
     transaction = store(layout, 3, content=CONTENT)
     qmgr.sock.sendall(frame(Delivery(9, transaction, (Target("mx.example.test", "127.0.0.1", free_port(), 0),),
-                                     False)))
+                                     False, False)))
     result = qmgr.read()
     [recipient] = result.results
     assert (recipient.code // 100, recipient.status[:2]) == (4, "4.")
     assert result.tried == ("127.0.0.1",)
+    assert (result.address, result.kept_open) == ("", False)

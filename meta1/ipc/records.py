@@ -168,13 +168,17 @@ class Delivery:
 
     The transaction is the one from IBDB with its recipients cut down to those of this
     delivery, so smtpc has the envelope, the DSN parameters and the content path. ``lmtp``
-    selects LMTP (LHLO, one reply per recipient after the data).
+    selects LMTP (LHLO, one reply per recipient after the data). ``reuse``: use the idle
+    connection to the first target that an earlier DeliveryResult reported ``kept_open``
+    (a new one only if it is gone meanwhile); without it smtpc always connects anew, so
+    qmgr's count of connections per address stays exact.
     """
 
     delivery_id: int
     transaction: Transaction
     targets: tuple[Target, ...]
     lmtp: bool
+    reuse: bool
 
 
 @record(42)
@@ -191,15 +195,24 @@ class RecipientResult:
 class DeliveryResult:
     """C2Q: the outcome of a Delivery, one result per recipient it listed.
 
-    ``target`` names where the last attempt went (``host [address]:port``, empty when no
-    connection was made) and ``tried`` lists the addresses a connection was attempted to,
-    in order, so qmgr can account per-address connections and failures.
+    ``address`` is the server address whose session carried the transaction (empty when
+    no session got that far), ``tried`` every address a connection was attempted to, in
+    order, and ``kept_open`` says that session now waits idle for reuse — it counts as a
+    connection to ``address`` until an IdleClosed for it.
     """
 
     delivery_id: int
     results: tuple[RecipientResult, ...]
-    target: str
+    address: str
     tried: tuple[str, ...]
+    kept_open: bool
+
+
+@record(44)
+class IdleClosed:
+    """C2Q: an idle connection smtpc had reported ``kept_open`` is closed."""
+
+    address: str
 
 
 def handshake_check(rec: object, expected_role: str) -> Hello:

@@ -40,7 +40,7 @@ import signal
 from collections import defaultdict
 
 from meta1.eventloop import Connection, EventLoop, Protocol, connect_stream
-from meta1.ipc.records import Delivery, DeliveryResult, RecipientResult
+from meta1.ipc.records import Delivery, DeliveryResult, IdleClosed, RecipientResult
 from meta1.queue.cdb import iter_content
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkClient, RecordLink
@@ -78,6 +78,7 @@ class ClientConnection(Protocol):
         self.attempt: DeliveryAttempt | None = None
         self.timer = None
         self.ended = False
+        self.idle = False           # reported kept_open to qmgr, not taken by a delivery since
 
     @property
     def where(self) -> str:
@@ -100,6 +101,9 @@ class ClientConnection(Protocol):
             self.apply(self.session.closed())
         self._cancel_timer()
         self.client.forget_idle(self)
+        if self.idle:
+            self.idle = False
+            self.client.qmgr.send(IdleClosed(self.candidate.address))
 
     # -- effects --------------------------------------------------------------------------
 
@@ -140,12 +144,14 @@ class ClientConnection(Protocol):
         return effects
 
     def _ready(self) -> None:
-        attempt = self.attempt
+        attempt, self.attempt = self.attempt, None
         if attempt is not None and attempt.waiting_for_session:
+            self.attempt = attempt
             attempt.greeted(self)
             return
-        self.attempt = None
-        self.client.keep_idle(self)
+        kept = self.client.keep_idle(self)
+        if attempt is not None and attempt.answered:
+            attempt.report(kept_open=kept)
 
     def send(self, attempt: "DeliveryAttempt", delivery: sessions.Delivery) -> None:
         self.attempt = attempt
@@ -201,6 +207,8 @@ class DeliveryAttempt:
                                 client.rng)
         self.tried: list[str] = []
         self.where = ""
+        self.address = ""                      # of the session that carried the transaction
+        self.answered = False                  # every recipient has its result
         self.waiting_for_session = False
         self.last_reason: Reply | None = None
         self.pending = None
@@ -221,7 +229,9 @@ class DeliveryAttempt:
         port = self.ports.get(candidate.address, 25)
         self.tried.append(candidate.address)
         self.waiting_for_session = True
-        idle = self.client.take_idle((candidate.address, port, self.record.lmtp))
+        idle = None
+        if self.record.reuse and len(self.tried) == 1:
+            idle = self.client.take_idle((candidate.address, port, self.record.lmtp))
         if idle is not None:
             self.where = idle.where
             self.greeted(idle)
@@ -246,6 +256,7 @@ class DeliveryAttempt:
     def greeted(self, connection: ClientConnection) -> None:
         """The session is ready for our transaction (first Ready, or a reused session)."""
         self.waiting_for_session = False
+        self.address = connection.candidate.address
         self.plan.greeted()
         delivery = sessions.Delivery.from_transaction(self.record.transaction, tuple(self.open))
         connection.send(self, delivery)
@@ -258,13 +269,16 @@ class DeliveryAttempt:
                 self.last_reason = item.reply
             self._store(item.recipient.rcpt_id, item.reply)
         self.open = retry
-        connection.attempt = None
         if not retry:
+            # Reported at the session's next Ready (kept open) or its end (closed).
+            self.answered = True
             self.plan.delivered()
-            self._report()
 
     def session_ended(self, connection: ClientConnection, ended: sessions.SessionEnded) -> None:
-        if not self.open or self.record.delivery_id not in self.client.attempts:
+        if self.record.delivery_id not in self.client.attempts:
+            return
+        if self.answered or not self.open:
+            self.report(kept_open=False)
             return
         reason = ended.reply or _local_reply(451, "4.4.2", "connection closed")
         self.last_reason = reason
@@ -281,7 +295,7 @@ class DeliveryAttempt:
         for recipient in self.open:
             self._store(recipient.rcpt_id, CONTENT_UNREADABLE)
         self.open = []
-        self._report()
+        self.report(kept_open=False)
 
     def _store(self, rcpt_id: str, reply: Reply) -> None:
         self.results[rcpt_id] = RecipientResult(rcpt_id, reply.code, reply.status or "",
@@ -291,9 +305,9 @@ class DeliveryAttempt:
         for recipient in self.open:
             self._store(recipient.rcpt_id, reason)
         self.open = []
-        self._report()
+        self.report(kept_open=False)
 
-    def _report(self) -> None:
+    def report(self, kept_open: bool) -> None:
         if self.client.attempts.pop(self.record.delivery_id, None) is None:
             return
         results = tuple(self.results[r.rcpt_id] for r in self.record.transaction.recipients)
@@ -301,7 +315,8 @@ class DeliveryAttempt:
             log.info("%s: to=<%s> relay=%s code=%d status=%s %s", result.rcpt_id,
                      next(r.address for r in self.record.transaction.recipients if r.rcpt_id == result.rcpt_id),
                      self.where or "none", result.code, result.status, result.text)
-        self.client.qmgr.send(DeliveryResult(self.record.delivery_id, results, self.where, tuple(self.tried)))
+        self.client.qmgr.send(DeliveryResult(self.record.delivery_id, results, self.address,
+                                             tuple(self.tried), kept_open))
 
 
 class MailClient:
@@ -339,15 +354,22 @@ class MailClient:
 
     # -- idle connections -----------------------------------------------------------------
 
-    def keep_idle(self, connection: ClientConnection) -> None:
-        if self.stopping:
+    def keep_idle(self, connection: ClientConnection) -> bool:
+        """Keep ``connection`` for reuse (True), or QUIT it when stopping (False)."""
+        if self.stopping or not self.qmgr.ready:
             connection.quit()
-            return
+            return False
+        connection.idle = True
         self.idle[connection.key].append(connection)
+        return True
 
     def take_idle(self, key: tuple) -> ClientConnection | None:
         pool = self.idle.get(key)
-        return pool.pop() if pool else None
+        if not pool:
+            return None
+        connection = pool.pop()
+        connection.idle = False
+        return connection
 
     def forget_idle(self, connection: ClientConnection) -> None:
         pool = self.idle.get(connection.key)
