@@ -124,7 +124,7 @@ class MTA:
         return proc.wait(timeout=30)
 
     def stop(self) -> None:
-        for daemon in ("smtps", "qmgr"):
+        for daemon in ("smtps", "smtpc", "qmgr", "smar"):
             proc = self.procs.get(daemon)
             if proc is None or proc.poll() is not None:
                 continue

@@ -22,7 +22,7 @@ Responsibilities (this version: the receive half of DESIGN.md's message life)
       transaction of that batch (smtps answers 451 4.3.0), and the next batch is tried
       again — disk-full is transient (reliability T57).
 
-Scheduling and delivery (AQ, DEFEDB, smtpc, smar) come with the delivery issue.
+Delivery (the scheduler, smar, smtpc, DEFEDB, DSNs) is :mod:`meta1.qmgr.delivery`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from meta1.ids import ID_PATTERN
 from meta1.eventloop import (Connection, EventLoop, GroupCommit, Listener, WorkerPool,
                              listen_unix)
 from meta1.ipc.records import Commit, CommitResult, Transaction
+from meta1.qmgr.delivery import DeliveryManager
 from meta1.queue.cdb import syncfs
 from meta1.queue.ibdb import IncomingLog, replay
 from meta1.queue.layout import QueueLayout
@@ -78,6 +79,8 @@ class QueueManager:
         self.directory_fds: dict[str, int] = {}
         self.listener: Listener | None = None
         self.stopping = False
+        self.replayed = None
+        self.delivery = DeliveryManager(self, config)
 
     def _lock(self) -> int:
         fd = os.open(self.layout.qmgr_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -93,7 +96,7 @@ class QueueManager:
     # -- start: replay ---------------------------------------------------------------------
 
     def recover(self) -> None:
-        result = replay(self.layout)
+        result = self.replayed = replay(self.layout)
         self.incoming = dict(result.transactions)
         for path, why in result.quarantined:
             log.error("quarantined %s: %s", path, why)
@@ -146,15 +149,14 @@ class QueueManager:
         whole batch (it cannot say which file it was).
         """
         check = self._check_content if self.sync_filesystem else self._sync_content
-        outcomes = list(map(check, batch)) if self.sync_filesystem else list(self.syncers.map(check, batch))
-        durable: list[Transaction] = []
-        directories: set[str] = set()
-        for transaction, failure in zip(batch, outcomes):
-            if failure is not None:
-                self.failed[transaction.ta_id] = failure
-                continue
-            durable.append(transaction)
-            directories.add(os.path.dirname(transaction.content))
+        transactions = [item for item in batch if isinstance(item, Transaction)]
+        outcomes = (list(map(check, transactions)) if self.sync_filesystem
+                    else list(self.syncers.map(check, transactions)))
+        failures = {t.ta_id: failure for t, failure in zip(transactions, outcomes) if failure is not None}
+        self.failed.update(failures)
+        # Done records (RecipientsDone) need no content; they keep their place in the batch.
+        durable = [item for item in batch if not isinstance(item, Transaction) or item.ta_id not in failures]
+        directories = {os.path.dirname(t.content) for t in transactions if t.ta_id not in failures}
         if not durable:
             return
         if self.sync_filesystem:
@@ -221,6 +223,7 @@ class QueueManager:
                 log.info("%s: queued from=<%s> size=%d nrcpts=%d", transaction.ta_id,
                          transaction.sender, transaction.size, len(transaction.recipients))
                 link.send(CommitResult(ta_id=transaction.ta_id, ok=True, reason=""))
+                self.delivery.arrived(transaction)
             else:
                 log.error("%s: IBDB append failed: %s", transaction.ta_id, exc)
                 link.send(CommitResult(ta_id=transaction.ta_id, ok=False,
@@ -245,6 +248,8 @@ class QueueManager:
     def start(self) -> None:
         self.recover()
         self.listener = Listener(self.loop, listen_unix(str(self.layout.smtps_socket)), self._accept)
+        self.delivery.start()
+        self.delivery.replay(self.incoming, self.replayed.done, self.replayed.completed)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.shutdown)
         log.info("ready: %d messages in the queue; smtps socket %s", len(self.incoming),
@@ -257,6 +262,7 @@ class QueueManager:
         log.info("shutting down")
         if self.listener is not None:
             self.listener.close()
+        self.delivery.stop()
         self._stop_when_flushed()
 
     def _stop_when_flushed(self) -> None:
@@ -277,6 +283,7 @@ class QueueManager:
         finally:
             self.pool.shutdown(wait=True)
             self.syncers.shutdown(wait=True)
+            self.delivery.close()
             self.ibdb.close()
             for fd in self.directory_fds.values():
                 os.close(fd)

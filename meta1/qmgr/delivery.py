@@ -1,0 +1,491 @@
+"""qmgr's delivery half: the scheduler driven by smar's routes and smtpc's results, and
+what it decides written down — IBDB done records, DEFEDB, DSNs, content removal.
+
+Responsibilities
+    :class:`DeliveryManager` is the I/O shell around the pure
+    :class:`~meta1.qmgr.scheduler.Scheduler` (spec/scheduler.md): it turns records from
+    smar (``RouteResult``) and smtpc (``DeliveryResult``, ``IdleClosed``), commits from
+    smtps and the replay at start into scheduler events, carries the scheduler's actions
+    out in the order given, and keeps the one timer the scheduler asks for.
+
+Where each decision goes (durability, DESIGN.md "Message life")
+    * ``RecordDone`` → an IBDB ``RecipientsDone`` through qmgr's group commit (the same
+      flush as incoming transactions); once durable, the recipient's DEFEDB record (if
+      any) is removed. A crash before the flush repeats the delivery: the one duplicate
+      the durability rule allows.
+    * ``RecordDeferred`` → DEFEDB (SQLite, its own worker thread and group commit). Not
+      waited for: a crash before it is written leaves the recipient undone in IBDB
+      without a DEFEDB record, so it is retried at once after the restart — an early
+      retry, never a loss.
+    * ``Bounce`` → the DSN (spec/dsn.md) is built from the queued content, written as a
+      new content file and committed to IBDB like a received message (session id
+      ``dsn`` or ``double-bounce``, D-DLV-5); the ``RecipientsDone`` of the bounced
+      recipients are requested only when that commit succeeded, so a DSN is never lost
+      while its recipients count as done. A crash in between gives one duplicate DSN.
+    * ``TransactionDone`` → when every done record of the transaction is durable, its
+      content file is removed (off the loop) and its DEFEDB rows with it.
+
+Peers
+    smar: qmgr connects (``smar/smarqmgr``, LinkClient, D-DLV-1). Route requests made
+    while smar is away wait and are sent when it is back; those in flight when the link
+    goes are answered ``RouteFailed`` temporary, so no recipient waits for an answer
+    that cannot come. smtpc: connects to qmgr (``qmgr/smtpcqmgr``). Deliveries wait for
+    an smtpc; one that goes away with deliveries in flight is ``DeliveryAgentLost`` (one
+    smtpc process is assumed; mcp starts one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections import deque
+
+from meta1.eventloop import GroupCommit, Listener, WorkerPool, listen_unix
+from meta1.ids import IdGenerator
+from meta1.ipc.records import (Delivery, DeliveryResult, IdleClosed, RecipientsDone, Recipient, RouteRequest,
+                               RouteResult, Target, Transaction)
+from meta1.qmgr.dsn import Action, MessageKind, NoDsn, Original, RecipientReport, build_dsn, plan_dsn
+from meta1.qmgr.scheduler import (Bounce, DeliveryAgentLost, DeliveryEnded, DelayWarning, Exchanger, Final,
+                                  RecipientEntry, RecipientOutcome, RecordDeferred, RecordDone, RecordHold,
+                                  ResolveRoute, RouteFailed, RouteResolved, Scheduler, SchedulerConfig,
+                                  SchedulerError, SessionClosed, StartDelivery, Status, Tick,
+                                  TransactionArrived, TransactionDone)
+from meta1.queue.cdb import ContentWriter, iter_content
+from meta1.queue.defedb import (DeferredRecipient, DeferredTransaction, PutRecipient, PutTransaction,
+                                RecipientState, RemoveRecipient, RemoveTransaction, open_defedb)
+from meta1.queue.idstate import IdState
+from meta1.runtime.link import LinkClient, RecordLink
+from meta1.runtime.process import local_hostname
+
+log = logging.getLogger("meta1.qmgr")
+
+#: The process index in the ids of messages qmgr generates (DSNs): smtps uses 00–FE.
+QMGR_ID_INDEX = 0xFF
+SECOND = 1_000_000
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def nexthop_of(address: str, local_host: str) -> str:
+    """The next hop of a recipient: its domain, lower-cased (an address literal as written);
+    the local host for a bare ``Postmaster`` (RFC 5321 §4.1.1.3)."""
+    at = address.rfind("@")
+    return address[at + 1:].lower() if at >= 0 else local_host.lower()
+
+
+def split_reply(reply: str) -> tuple[int, str, str]:
+    """``"451 4.4.1 text"`` → (451, "4.4.1", "text"); a reply without a status gets the
+    class's generic one (RFC 3463: X.0.0)."""
+    code_text, _, rest = reply.partition(" ")
+    code = int(code_text) if code_text.isdigit() and len(code_text) == 3 else 451
+    status, _, text = rest.partition(" ")
+    if not (status[:1] in "245" and status.count(".") == 2 and status.replace(".", "").isdigit()):
+        status, text = f"{code // 100}.0.0", rest
+    return code, status, text
+
+
+def kind_of(transaction: Transaction) -> MessageKind:
+    """A generated message carries its kind as session id (D-DLV-5)."""
+    for kind in (MessageKind.DSN, MessageKind.DOUBLE_BOUNCE):
+        if transaction.session_id == kind.value:
+            return kind
+    return MessageKind.ORIGINAL
+
+
+class DeliveryManager:
+    """See the module docstring. ``manager`` is the QueueManager (its loop, layout,
+    incoming transactions and IBDB group commit)."""
+
+    def __init__(self, manager, config):
+        self.manager = manager
+        self.loop = manager.loop
+        self.layout = manager.layout
+        self.hostname = local_hostname(config.hostname)
+        self.port = config.smtpc.remote_port
+        self.scheduler = Scheduler(SchedulerConfig.from_config(config))
+        self.defedb, quarantined = open_defedb(self.layout, now=now_us())
+        for path in quarantined:
+            log.error("DEFEDB was damaged and is quarantined as %s: deferred recipients in it are "
+                      "retried from IBDB at once", path)
+        self.defedb_pool = WorkerPool(self.loop, threads=1, name="defedb")
+        self.defedb_commits: GroupCommit[object] = GroupCommit(self.defedb_pool, self.defedb.apply, name="defedb")
+        self.cleanup_pool = WorkerPool(self.loop, threads=1, name="cleanup")
+        id_state = IdState(self.layout.qmgr / "idstate")
+        self.ids = IdGenerator(id_state.start(now_us()), QMGR_ID_INDEX, reserve=id_state.reserve)
+        self.smar = LinkClient(self.loop, self.layout.smar_socket, role="qmgr", peer_role="smar",
+                               on_ready=self._smar_ready, on_record=self._smar_record, on_lost=self._smar_lost)
+        self.route_requests: dict[int, str] = {}       # sent to smar: request id -> next hop
+        self.routes_unsent: list[str] = []
+        self._request_ids = iter(range(1, 1 << 62))
+        self.smtpc_links: list[RecordLink] = []
+        self.in_flight: dict[int, tuple[RecordLink, Transaction]] = {}
+        self.unsent: deque[Delivery] = deque()
+        self.listener: Listener | None = None
+        self.kinds: dict[str, MessageKind] = {}
+        self.in_defedb: set[str] = set()               # transactions with a DEFEDB row
+        self.bounced_waiting: dict[str, list[RecordDone]] = {}
+        self.writes_pending: dict[str, int] = {}        # done records not yet durable, per ta
+        self.completing: set[str] = set()
+        self.timer = None
+        self.closed = False
+
+    # -- events in ------------------------------------------------------------------------
+
+    def handle(self, event: object) -> None:
+        if self.closed:
+            return
+        try:
+            actions = self.scheduler.handle(event, now_us())
+        except SchedulerError as error:
+            log.error("scheduler refused %s: %s", type(event).__name__, error)
+            return
+        for action in actions:
+            self._carry_out(action)
+        self._arm_timer()
+
+    def _entries(self, transaction: Transaction, done: set[str], deferred: dict[str, DeferredRecipient]):
+        entries = []
+        for recipient in transaction.recipients:
+            if recipient.rcpt_id in done:
+                continue
+            state = deferred.get(recipient.rcpt_id)
+            nexthop = nexthop_of(recipient.address, self.hostname)
+            if state is None or state.state is not RecipientState.DEFERRED:
+                entries.append(RecipientEntry(recipient.rcpt_id, nexthop))
+            else:
+                last = f"{state.reply_code or 451} {state.status or '4.0.0'} {state.reply_text or ''}".strip()
+                entries.append(RecipientEntry(recipient.rcpt_id, nexthop, state.attempts, state.next_try,
+                                              last, state.warned))
+        return tuple(entries)
+
+    def arrived(self, transaction: Transaction, done: frozenset[str] = frozenset(),
+                deferred: dict[str, DeferredRecipient] | None = None, held: bool = False) -> None:
+        """A transaction is in IBDB (committed now, or replayed): hand it to the scheduler."""
+        kind = self.kinds.setdefault(transaction.ta_id, kind_of(transaction))
+        entries = self._entries(transaction, set(done), deferred or {})
+        if entries:
+            self.handle(TransactionArrived(transaction.ta_id, transaction.sender, transaction.arrival, entries,
+                                           held=held, kind=kind))
+
+    def replay(self, incoming: dict[str, Transaction], done: dict[str, set[str]], completed: list[str]) -> None:
+        """At start: the replayed IBDB transactions with their DEFEDB state."""
+        deferred: dict[str, tuple[DeferredTransaction, dict[str, DeferredRecipient]]] = {}
+        stale = []
+        for transaction, recipients in self.defedb.load():
+            if transaction.ta_id not in incoming:
+                stale.append(RemoveTransaction(transaction.ta_id))
+                continue
+            deferred[transaction.ta_id] = (transaction, {r.rcpt_id: r for r in recipients})
+            self.in_defedb.add(transaction.ta_id)
+        for ta_id in completed:
+            self._remove_content(ta_id, self.layout.content_relpath(ta_id))
+        if stale:
+            self._defedb(stale)
+        for ta_id, transaction in incoming.items():
+            envelope, recipients = deferred.get(ta_id, (None, {}))
+            if envelope is not None:
+                self.kinds[ta_id] = envelope.kind
+            self.arrived(transaction, frozenset(done.get(ta_id, ())), recipients,
+                         held=envelope.held if envelope is not None else False)
+
+    # -- actions out ----------------------------------------------------------------------
+
+    def _carry_out(self, action: object) -> None:
+        if isinstance(action, ResolveRoute):
+            self._resolve(action.nexthop)
+        elif isinstance(action, StartDelivery):
+            self._start_delivery(action)
+        elif isinstance(action, RecordDone):
+            waiting = self.bounced_waiting.get(action.ta_id)
+            if waiting is not None and action.outcome is Final.BOUNCED:
+                waiting.append(action)
+            else:
+                self._record_done(action)
+        elif isinstance(action, RecordDeferred):
+            self._record_deferred(action)
+        elif isinstance(action, Bounce):
+            self._bounce(action)
+        elif isinstance(action, TransactionDone):
+            self.completing.add(action.ta_id)
+            self._maybe_complete(action.ta_id)
+        elif isinstance(action, DelayWarning):
+            log.info("%s: delay warning not sent (not built yet): %d recipients", action.ta_id,
+                     len(action.recipients))
+        elif isinstance(action, RecordHold):
+            log.info("%s: %s", action.ta_id, "held" if action.held else "released")
+
+    def _arm_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        wakeup = self.scheduler.next_wakeup
+        if wakeup is not None:
+            delay = max(0.0, (wakeup - now_us()) / SECOND)
+            self.timer = self.loop.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        self.handle(Tick())
+
+    # -- smar --------------------------------------------------------------------------------
+
+    def _resolve(self, nexthop: str) -> None:
+        if not self.smar.ready:
+            self.routes_unsent.append(nexthop)
+            return
+        request_id = next(self._request_ids)
+        self.route_requests[request_id] = nexthop
+        self.smar.send(RouteRequest(request_id, nexthop))
+
+    def _smar_ready(self, link: RecordLink) -> None:
+        unsent, self.routes_unsent = self.routes_unsent, []
+        for nexthop in unsent:
+            self._resolve(nexthop)
+
+    def _smar_record(self, link: RecordLink, record: object) -> None:
+        if not isinstance(record, RouteResult):
+            log.error("unexpected record %s from smar; closing the link", type(record).__name__)
+            link.close()
+            return
+        nexthop = self.route_requests.pop(record.request_id, None)
+        if nexthop is None:
+            log.error("smar answered request %d, which was not asked", record.request_id)
+            return
+        if record.outcome == "ok":
+            exchangers = tuple(Exchanger(x.preference, x.host, tuple(x.addresses)) for x in record.exchangers)
+            self.handle(RouteResolved(nexthop, exchangers, now_us() + record.ttl * SECOND))
+        else:
+            permanent = record.outcome == "permanent"
+            code = 550 if permanent else 451
+            self.handle(RouteFailed(nexthop, permanent, f"{code} {record.status} {record.reason}"))
+
+    def _smar_lost(self, link: RecordLink, exc: BaseException | None) -> None:
+        pending, self.route_requests = self.route_requests, {}
+        for nexthop in pending.values():
+            self.handle(RouteFailed(nexthop, False, "451 4.4.3 the address resolver (smar) is not reachable"))
+
+    # -- smtpc -------------------------------------------------------------------------------
+
+    def accept_smtpc(self) -> RecordLink:
+        link = RecordLink(self.loop, role="qmgr", peer_role="smtpc", on_ready=self._smtpc_ready,
+                          on_record=self._smtpc_record, on_lost=self._smtpc_lost)
+        return link
+
+    def _smtpc_ready(self, link: RecordLink) -> None:
+        log.info("smtpc connected (pid %d)", link.peer.pid)
+        self.smtpc_links.append(link)
+        while self.unsent:
+            self._send_delivery(self.unsent.popleft())
+
+    def _start_delivery(self, action: StartDelivery) -> None:
+        transaction = self.manager.incoming[action.ta_id]
+        wanted = set(action.rcpt_ids)
+        cut = dataclasses.replace(transaction, recipients=tuple(r for r in transaction.recipients
+                                                                if r.rcpt_id in wanted))
+        targets = tuple(Target(exchanger.host, address, self.port, exchanger.preference)
+                        for address, exchanger in zip(action.addresses, action.targets))
+        self._send_delivery(Delivery(action.delivery_id, cut, targets, False, action.reuse))
+
+    def _send_delivery(self, delivery: Delivery) -> None:
+        links = [link for link in self.smtpc_links if link.ready]
+        if not links:
+            self.unsent.append(delivery)
+            return
+        link = links[delivery.delivery_id % len(links)]
+        self.in_flight[delivery.delivery_id] = (link, delivery.transaction)
+        link.send(delivery)
+
+    def _smtpc_record(self, link: RecordLink, record: object) -> None:
+        if isinstance(record, DeliveryResult):
+            if self.in_flight.pop(record.delivery_id, None) is None:
+                log.error("smtpc reported delivery %d, which is not in flight", record.delivery_id)
+                return
+            outcomes = tuple(RecipientOutcome(r.rcpt_id, _status(r.code), f"{r.code} {r.status} {r.text}".strip())
+                             for r in record.results)
+            failed = tuple(a for a in dict.fromkeys(record.tried) if a != record.address)
+            self.handle(DeliveryEnded(record.delivery_id, record.address or None, record.kept_open, outcomes,
+                                      failed))
+        elif isinstance(record, IdleClosed):
+            self.handle(SessionClosed(record.address))
+        else:
+            log.error("unexpected record %s from smtpc; closing the link", type(record).__name__)
+            link.close()
+
+    def _smtpc_lost(self, link: RecordLink, exc: BaseException | None) -> None:
+        if link in self.smtpc_links:
+            self.smtpc_links.remove(link)
+            log.info("smtpc (pid %d) disconnected", link.peer.pid)
+        lost = [i for i, (owner, _) in self.in_flight.items() if owner is link]
+        for delivery_id in lost:
+            del self.in_flight[delivery_id]
+        if link.peer is not None:
+            self.handle(DeliveryAgentLost())
+
+    # -- writing decisions -------------------------------------------------------------------
+
+    def _record_done(self, action: RecordDone) -> None:
+        ta_id = action.ta_id
+        log.info("%s: %s: %s", action.rcpt_id, action.outcome.value, action.reply)
+        record = RecipientsDone(ta_id, (action.rcpt_id,), action.outcome.value, now_us())
+        self.writes_pending[ta_id] = self.writes_pending.get(ta_id, 0) + 1
+
+        def durable(exc: BaseException | None) -> None:
+            self.writes_pending[ta_id] -= 1
+            if exc is not None:
+                log.error("%s: IBDB done record not written: %s (delivered again after a restart)",
+                          action.rcpt_id, exc)
+            elif action.was_deferred or ta_id in self.in_defedb:
+                self._defedb([RemoveRecipient(ta_id, int(action.rcpt_id.rsplit("-", 1)[1], 16))])
+            self._maybe_complete(ta_id)
+
+        self.manager.commits.request(record, durable)
+
+    def _record_deferred(self, action: RecordDeferred) -> None:
+        transaction = self.manager.incoming.get(action.ta_id)
+        if transaction is None:
+            return
+        recipient = next(r for r in transaction.recipients if r.rcpt_id == action.rcpt_id)
+        code, status, text = split_reply(action.last_reply)
+        log.info("%s: deferred (attempt %d): %s", action.rcpt_id, action.attempts, action.last_reply)
+        changes: list[object] = []
+        if action.ta_id not in self.in_defedb:
+            self.in_defedb.add(action.ta_id)
+            changes.append(PutTransaction(DeferredTransaction.from_transaction(
+                transaction, self.kinds.get(action.ta_id, MessageKind.ORIGINAL))))
+        now = now_us()
+        changes.append(PutRecipient(DeferredRecipient(
+            action.ta_id, int(action.rcpt_id.rsplit("-", 1)[1], 16), recipient.address, recipient.notify,
+            recipient.orcpt_type, recipient.orcpt, RecipientState.DEFERRED, action.attempts, action.next_try,
+            first_fail=now, last_attempt=now, reply_code=code, status=status, reply_text=text,
+            warned=action.warned)))
+        self._defedb(changes)
+
+    def _defedb(self, changes: list) -> None:
+        def written(exc: BaseException | None) -> None:
+            if exc is not None:
+                log.error("DEFEDB write failed: %s (the recipients are retried from IBDB after a restart)", exc)
+        for change in changes:
+            self.defedb_commits.request(change, written)
+
+    def _bounce(self, action: Bounce) -> None:
+        transaction = self.manager.incoming[action.ta_id]
+        by_id = {r.rcpt_id: r for r in transaction.recipients}
+        kind = self.kinds.get(action.ta_id, MessageKind.ORIGINAL)
+        now = now_us()
+        reports = []
+        for failed in action.recipients:
+            recipient = by_id[failed.rcpt_id]
+            code, status, text = split_reply(failed.reply)
+            if status[0] == "2":
+                status = "5.0.0"
+            reports.append(RecipientReport(recipient.address, Action.FAILED, status, recipient.notify,
+                                           recipient.orcpt_type, recipient.orcpt,
+                                           diagnostic=failed.reply, diagnostic_type="smtp",
+                                           last_attempt=now, log_id=failed.rcpt_id))
+        plan = plan_dsn(Original.of(transaction, kind), reports)
+        if isinstance(plan, NoDsn):
+            log.info("%s: no DSN: %s", action.ta_id, plan.reason)
+            return
+        try:
+            dsn = build_dsn(plan, iter_content(self.layout.root / transaction.content), hostname=self.hostname,
+                            now=now)
+            generated = self._write_generated(dsn, now)
+        except (OSError, ValueError) as error:
+            log.error("%s: DSN not queued: %s; the failed recipients stay queued", action.ta_id, error)
+            self.bounced_waiting[action.ta_id] = []      # swallow their done records
+            self.loop.call_soon(lambda: self.bounced_waiting.pop(action.ta_id, None))
+            return
+        self.bounced_waiting[action.ta_id] = []
+
+        def committed(exc: BaseException | None) -> None:
+            waiting = self.bounced_waiting.pop(action.ta_id, [])
+            self.writes_pending[action.ta_id] -= 1
+            if exc is not None:
+                log.error("%s: DSN %s not queued: %s; the failed recipients stay queued",
+                          action.ta_id, generated.ta_id, exc)
+                return
+            self.manager.incoming[generated.ta_id] = generated
+            log.info("%s: DSN %s queued to <%s>", action.ta_id, generated.ta_id, dsn.recipient)
+            for done in waiting:
+                self._record_done(done)
+            self._maybe_complete(action.ta_id)
+            self.kinds[generated.ta_id] = dsn.kind
+            self.arrived(generated)
+
+        self.writes_pending[action.ta_id] = self.writes_pending.get(action.ta_id, 0) + 1
+        self.manager.commits.request(generated, committed)
+
+    def _write_generated(self, dsn, now: int) -> Transaction:
+        """The DSN as a content file and the Transaction that names it (not yet committed)."""
+        ta_id = self.ids.new_id()
+        writer = ContentWriter(self.layout, ta_id, created=now)
+        try:
+            writer.write(dsn.message)
+            size = writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        return Transaction(ta_id=ta_id, session_id=dsn.kind.value, arrival=now, sender="", size=size,
+                           body=dsn.body, smtputf8=dsn.smtputf8, ret=None, envid=None, auth=None,
+                           client_address="", client_port=0, helo=self.hostname,
+                           recipients=(Recipient(f"{ta_id}-0000", dsn.recipient, None, None, None),),
+                           content=writer.relpath)
+
+    def _maybe_complete(self, ta_id: str) -> None:
+        if ta_id not in self.completing or self.writes_pending.get(ta_id, 0) > 0:
+            return
+        self.completing.discard(ta_id)
+        self.writes_pending.pop(ta_id, None)
+        self.kinds.pop(ta_id, None)
+        transaction = self.manager.incoming.pop(ta_id, None)
+        if ta_id in self.in_defedb:
+            self.in_defedb.discard(ta_id)
+            self._defedb([RemoveTransaction(ta_id)])
+        if transaction is not None:
+            self._remove_content(ta_id, transaction.content)
+        log.info("%s: removed (every recipient is done)", ta_id)
+
+    def _remove_content(self, ta_id: str, relpath: str) -> None:
+        path = self.layout.root / relpath
+
+        def unlink() -> None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+        self.cleanup_pool.submit(unlink, lambda _result, exc: exc and log.error("%s: removing %s: %s",
+                                                                                ta_id, path, exc))
+
+    # -- running -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.listener = Listener(self.loop, listen_unix(str(self.layout.smtpc_socket)), self.accept_smtpc)
+        self.smar.start()
+
+    def stop(self) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.listener is not None:
+            self.listener.close()
+        for link in list(self.smtpc_links):
+            link.close()
+        self.smar.stop()
+
+    def close(self) -> None:
+        """After the loop: finish the worker threads, close DEFEDB."""
+        self.cleanup_pool.shutdown(wait=True)
+        self.defedb_pool.shutdown(wait=True)
+        self.defedb.close()
+
+
+def _status(code: int) -> Status:
+    if code < 400:
+        return Status.DELIVERED
+    return Status.TEMPORARY if code < 500 else Status.PERMANENT

@@ -1,0 +1,94 @@
+"""The whole path: a client → smtps → qmgr → smar (DNS on loopback) → smtpc → Postfix's
+smtp-sink; bounces as DSNs that are delivered in turn; deferrals into DEFEDB."""
+
+from __future__ import annotations
+
+import smtplib
+import sqlite3
+
+import pytest
+
+from dnsserver import DnsServer
+from mta import MTA, wait_for
+from test_smtpc_interop import _wait_dumps, needs_sink, sink  # noqa: F401 (fixture)
+
+ZONES = {
+    "example.test": {"MX": ["10 mx.example.test"]},
+    "mx.example.test": {"A": ["127.0.0.1"]},
+}
+MESSAGE = b"From: sender@example.test\r\nTo: rcpt@example.test\r\nSubject: relay\r\n\r\nbody\r\n.dot\r\n"
+
+
+@pytest.fixture
+def relay(tmp_path, sink):  # noqa: F811
+    def start(*sink_options: str) -> tuple[MTA, object]:
+        server = sink(*sink_options)
+        dns_server = DnsServer(ZONES).__enter__()
+        started.append(dns_server)
+        host, port = dns_server.address
+        mta = MTA(tmp_path, extra_global=(f"smar {{ nameserver = {{ {host}:{port} }}; DNS_timeout = 2; }}\n"
+                                          f"smtpc {{ remote_port = {server.port}; IO_timeout = 10s; }}\n"
+                                          "qmgr { min_queue_delay = 1h; }\n"))
+        started.append(mta)
+        mta.start()
+        mta.spawn("smar")
+        mta.spawn("smtpc")
+        mta.wait_log("qmgr", "smtpc connected")
+        return mta, server
+
+    started: list = []
+    yield start
+    for thing in reversed(started):
+        thing.__exit__(None, None, None)
+
+
+def send(mta: MTA, sender: str, recipients: list[str], message: bytes = MESSAGE) -> None:
+    with smtplib.SMTP("127.0.0.1", mta.port, timeout=30) as client:
+        client.sendmail(sender, recipients, message)
+
+
+@needs_sink
+def test_relayed_byte_identical_then_removed_from_the_queue(relay) -> None:
+    mta, server = relay()
+    send(mta, "sender@example.test", ["rcpt@example.test", "other@EXAMPLE.test"])
+    [(fields, content)] = _wait_dumps(server, 1)
+    assert content.startswith(b"Received: from ") and content.endswith(MESSAGE)
+    assert fields["X-Rcpt-Args"] == ["<rcpt@example.test>", "<other@EXAMPLE.test>"]
+    wait_for(lambda: not mta.content_files(), what="the content file to be removed")
+    assert mta.mailq() == []
+    assert "delivered: 250" in mta.log("qmgr")
+
+
+@needs_sink
+def test_unknown_domain_bounces_with_a_dsn_that_is_delivered(relay) -> None:
+    mta, server = relay()
+    send(mta, "sender@example.test", ["nobody@gone.test"])
+    [(fields, content)] = _wait_dumps(server, 1)
+    assert fields["X-Mail-Args"] == ["<>"] or fields["X-Mail-Args"][0].startswith("<> ")
+    assert fields["X-Rcpt-Args"] == ["<sender@example.test>"]
+    assert b"multipart/report" in content and b"report-type=delivery-status" in content
+    assert b"Action: failed" in content and b"Status: 5.1.2" in content
+    assert b"Final-Recipient: rfc822; nobody@gone.test" in content
+    assert MESSAGE in content                               # the message comes back whole
+    wait_for(lambda: not mta.content_files(), what="original and DSN to leave the queue")
+
+
+@needs_sink
+def test_temporary_failure_goes_to_defedb_and_survives_a_restart(relay) -> None:
+    mta, server = relay("-r", "RCPT")
+    send(mta, "sender@example.test", ["later@example.test"])
+    mta.wait_log("qmgr", "deferred (attempt 1)")
+    database = mta.queue / "defedb" / "defedb.sqlite"
+    wait_for(lambda: _deferred_rows(database) == [("later@example.test", 1)], what="the DEFEDB record")
+    [entry] = mta.mailq()
+    mta.kill("qmgr")
+    mta.spawn("qmgr")
+    assert [e["id"] for e in mta.mailq()] == [entry["id"]]
+    assert "recovered 1 transactions" in mta.log("qmgr")
+
+
+def _deferred_rows(database) -> list[tuple[str, int]]:
+    if not database.exists():
+        return []
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        return db.execute("SELECT address, attempts FROM recipients").fetchall()
