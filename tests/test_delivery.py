@@ -92,3 +92,42 @@ def _deferred_rows(database) -> list[tuple[str, int]]:
         return []
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
         return db.execute("SELECT address, attempts FROM recipients").fetchall()
+
+
+@needs_sink
+def test_local_domain_goes_to_the_lmtp_socket_b63(tmp_path) -> None:
+    """smtpc { LMTP_socket = lmtpsock; }: mail for the host's own domain (mx.test) is
+    delivered over LMTP to <queue>/lmtpsock; each recipient gets its own reply (B63)."""
+    import os
+    import pwd
+    import subprocess
+    from test_smtpc_interop import SINK, Sink
+    mta = MTA(tmp_path, extra_global='smtpc { LMTP_socket = lmtpsock; }\n')
+    socket_path = mta.queue / "lmtpsock"
+    import shutil
+    import tempfile
+    from pathlib import Path
+    dump = Path(tempfile.mkdtemp(prefix="lmtp-sink-"))   # pytest's tmp_path is root-only
+    os.chmod(dump, 0o755)
+    mta.queue.mkdir(parents=True, exist_ok=True)
+    args = [SINK]
+    if os.geteuid() == 0:
+        os.chown(dump, pwd.getpwnam("postfix").pw_uid, -1)
+        args += ["-u", "postfix"]
+    sink_proc = subprocess.Popen(args + ["-L", "-d", f"{dump}/%H%M%S.", f"unix:{socket_path}", "10"])
+    try:
+        wait_for(lambda: socket_path.exists(), what="the LMTP socket")
+        os.chmod(socket_path, 0o666)
+        with mta:
+            mta.spawn("smtpc")
+            mta.wait_log("qmgr", "smtpc connected")
+            send(mta, "sender@example.test", ["alice@mx.test", "bob@MX.test"])
+            [(fields, content)] = _wait_dumps(Sink(0, dump), 1)
+            assert content.endswith(MESSAGE)
+            assert fields["X-Rcpt-Args"] == ["<alice@mx.test>", "<bob@MX.test>"]
+            wait_for(lambda: not mta.content_files(), what="the message to leave the queue")
+            assert mta.log("qmgr").count("delivered: 250") == 2
+    finally:
+        sink_proc.kill()
+        sink_proc.wait()
+        shutil.rmtree(dump, ignore_errors=True)

@@ -106,6 +106,11 @@ class DeliveryManager:
         self.layout = manager.layout
         self.hostname = local_hostname(config.hostname)
         self.port = config.smtpc.remote_port
+        lmtp_socket = config.smtpc.LMTP_socket
+        # D-DLV-6: with an LMTP socket, mail for the host's own domain is delivered there.
+        self.lmtp_path = (os.path.join(config.queue_directory, lmtp_socket)
+                          if isinstance(lmtp_socket, str) and lmtp_socket else None)
+        self.lmtp_nexthop = f"lmtp:{self.lmtp_path}" if self.lmtp_path else None
         self.scheduler = Scheduler(SchedulerConfig.from_config(config))
         self.defedb, quarantined = open_defedb(self.layout, now=now_us())
         for path in quarantined:
@@ -153,7 +158,7 @@ class DeliveryManager:
             if recipient.rcpt_id in done:
                 continue
             state = deferred.get(recipient.rcpt_id)
-            nexthop = nexthop_of(recipient.address, self.hostname)
+            nexthop = self.nexthop(recipient.address)
             if state is None or state.state is not RecipientState.DEFERRED:
                 entries.append(RecipientEntry(recipient.rcpt_id, nexthop))
             else:
@@ -161,6 +166,12 @@ class DeliveryManager:
                 entries.append(RecipientEntry(recipient.rcpt_id, nexthop, state.attempts, state.next_try,
                                               last, state.warned))
         return tuple(entries)
+
+    def nexthop(self, address: str) -> str:
+        nexthop = nexthop_of(address, self.hostname)
+        if self.lmtp_nexthop is not None and nexthop == self.hostname.lower():
+            return self.lmtp_nexthop
+        return nexthop
 
     def arrived(self, transaction: Transaction, done: frozenset[str] = frozenset(),
                 deferred: dict[str, DeferredRecipient] | None = None, held: bool = False) -> None:
@@ -234,6 +245,10 @@ class DeliveryManager:
     # -- smar --------------------------------------------------------------------------------
 
     def _resolve(self, nexthop: str) -> None:
+        if nexthop == self.lmtp_nexthop:     # local delivery: the socket is the route
+            self.loop.call_soon(lambda: self.handle(RouteResolved(
+                nexthop, (Exchanger(0, "lmtp", (self.lmtp_path,)),), now_us() + 86400 * SECOND)))
+            return
         if not self.smar.ready:
             self.routes_unsent.append(nexthop)
             return
@@ -286,9 +301,10 @@ class DeliveryManager:
         wanted = set(action.rcpt_ids)
         cut = dataclasses.replace(transaction, recipients=tuple(r for r in transaction.recipients
                                                                 if r.rcpt_id in wanted))
-        targets = tuple(Target(exchanger.host, address, self.port, exchanger.preference)
+        lmtp = action.nexthop == self.lmtp_nexthop
+        targets = tuple(Target(exchanger.host, address, 0 if lmtp else self.port, exchanger.preference)
                         for address, exchanger in zip(action.addresses, action.targets))
-        self._send_delivery(Delivery(action.delivery_id, cut, targets, False, action.reuse))
+        self._send_delivery(Delivery(action.delivery_id, cut, targets, lmtp, action.reuse))
 
     def _send_delivery(self, delivery: Delivery) -> None:
         links = [link for link in self.smtpc_links if link.ready]
