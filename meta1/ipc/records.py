@@ -3,7 +3,8 @@
 Responsibilities
     Name every record type of the inter-daemon protocols with its type id, and check the
     opening handshake. S2Q marks smtps → qmgr, Q2S qmgr → smtps; Q2A/A2Q qmgr ↔ smar
-    (routes); Q2C/C2Q qmgr ↔ smtpc (deliveries). The table of ids is in spec/queue.md.
+    (routes); Q2C/C2Q qmgr ↔ smtpc (deliveries);
+    Ctl2Q/Q2Ctl ``meta1 qmgrctl`` ↔ qmgr (operator commands). The table of ids is in spec/queue.md.
 
 Protocol
     Each side's first record on a connection is :class:`Hello`; the other side checks it
@@ -213,6 +214,46 @@ class IdleClosed:
     """C2Q: an idle connection smtpc had reported ``kept_open`` is closed."""
 
     address: str
+
+
+# -- qmgrctl <-> qmgr: operator commands (spec/qmgrctl.md) ------------------------------------
+
+@record(50)
+class FlushQueue:
+    """Ctl2Q: make deferred recipients due now: those for ``nexthop`` (a domain, lower
+    case), or all when it is None. Answered by one ControlResult."""
+
+    nexthop: str | None
+
+
+@record(51)
+class HoldMessage:
+    """Ctl2Q: hold the transaction ``ta_id``: nothing of it is started until released."""
+
+    ta_id: str
+
+
+@record(52)
+class ReleaseMessage:
+    """Ctl2Q: release a held transaction; its recipients are due at once."""
+
+    ta_id: str
+
+
+@record(53)
+class DeleteMessage:
+    """Ctl2Q: delete the transaction without a DSN; deliveries in flight finish."""
+
+    ta_id: str
+
+
+@record(54)
+class ControlResult:
+    """Q2Ctl: the answer to one command, in the order of the commands: ``ok``, and a line
+    of text for the operator (what was done, or why not)."""
+
+    ok: bool
+    text: str
 
 
 def handshake_check(rec: object, expected_role: str) -> Hello:
