@@ -188,7 +188,10 @@ class SmtpServerConnection(Protocol):
                 self._discard()
             elif isinstance(effect, Close):
                 self._cancel_timer()
-                conn.close_when_flushed()
+                if effect.linger:
+                    conn.close_when_flushed()
+                else:
+                    conn.close_when_flushed(linger=0)
                 if self.session.state.name != "COMMITTING":
                     self.server.session_ended(self)
         if conn.closing or conn.closed:

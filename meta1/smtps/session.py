@@ -69,7 +69,16 @@ class Send:
 
 @dataclass(frozen=True)
 class Close:
-    """Close the connection once everything sent so far is written."""
+    """Close the connection once everything sent so far is written.
+
+    ``linger``: shut down our side and read until the client closes first (a client
+    that pipelined commands still has input on its way; closing with unread input makes
+    the kernel send a RST that can destroy our last reply). After QUIT nothing more is
+    due from the client (RFC 5321 §4.1.1.10), so the connection is simply closed, as
+    Postfix's smtpd does — a shutdown, a timer and a wake-up fewer per session.
+    """
+
+    linger: bool = True
 
 
 @dataclass(frozen=True)
@@ -557,7 +566,7 @@ class Session:
     def _do_quit(self, _):
         self._discard_transaction()
         self._send(R.BYE.format(hostname=self.settings.hostname))
-        self._close("quit")
+        self._close("quit", linger=False)
 
     def _do_mail(self, mail: tuple[MailArgs, str]):
         args, ta_id = mail
@@ -780,11 +789,11 @@ class Session:
         self._decoder = None
         self._chunk_left = 0
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, linger: bool = True) -> None:
         log.info("%s: disconnect from %s (%s) commands=%d transactions=%d errors=%d",
                  self.id, self._client_text(), reason, self.commands, self.transactions,
                  self.errors)
-        self._emit(Close())
+        self._emit(Close(linger))
 
     def _client_text(self) -> str:
         return (f"[{self.client_address}]:{self.client_port}" if self.client_port
