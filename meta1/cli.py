@@ -13,7 +13,13 @@
     meta1 smar [-f FILE]     run the address resolver (DNS) in the foreground
     meta1 smtpc [-f FILE]    run the SMTP/LMTP client in the foreground (qmgr must run)
     meta1 mailq [-f FILE] [--json]
-                             list the queued messages: id, arrival, size, sender, recipients
+                             list the queued messages: id, arrival, size, sender, and per
+                             recipient its state, attempts, next try and last reply
+    meta1 qmgrctl [-f FILE] flush [DOMAIN] | hold ID | release ID | delete ID
+                             command the running qmgr: retry deferred mail now (all, or
+                             for one destination), hold, release or delete a message;
+                             exit 1 when qmgr refuses (e.g. unknown id), 75 when qmgr
+                             is not running
 
 Without ``-f`` both use the built-in default configuration shipped in the package.
 This module is the I/O shell around :mod:`meta1.config`: it reads files, the home
@@ -33,6 +39,7 @@ from meta1.config import ConfigError, Config, effective_document, load_default, 
 from meta1.config.tree import format_document
 
 EXIT_OK, EXIT_CONFIG_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_REFUSED = 1  # qmgrctl: qmgr refused the command
 
 
 def version_text(verbosity: int) -> str:
@@ -55,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                             ("smtps", "run an SMTP server in the foreground"),
                             ("smar", "run the address resolver in the foreground"),
                             ("smtpc", "run the SMTP/LMTP client in the foreground"),
-                            ("mailq", "list the queued messages")):
+                            ("mailq", "list the queued messages"),
+                            ("qmgrctl", "command the running queue manager")):
         p = commands[name] = sub.add_parser(name, help=help_text)
         p.add_argument("-f", dest="file", metavar="FILE",
                        help="configuration file (default: the built-in configuration)")
@@ -64,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     commands["smtps"].add_argument("--index", type=int, default=0, choices=range(256),
                                    metavar="N", help="process index in ids (0-255)")
     commands["mailq"].add_argument("--json", action="store_true", help="JSON output")
+    actions = commands["qmgrctl"].add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("flush", help="retry deferred recipients now").add_argument(
+        "argument", nargs="?", metavar="DOMAIN", help="only those for this destination")
+    for action, help_text in (("hold", "hold a message"), ("release", "release a held message"),
+                              ("delete", "delete a message (no DSN)")):
+        actions.add_parser(action, help=help_text).add_argument("argument", metavar="ID", help="queue id")
     return parser
 
 
@@ -99,8 +113,29 @@ def main(argv: list[str] | None = None) -> int:
         from meta1.queue.mailq import format_json, format_text, list_queue
         messages = list_queue(QueueLayout(config.queue_directory, config.cdb_base_directory))
         sys.stdout.write((format_json if args.json else format_text)(messages))
+    elif args.command == "qmgrctl":
+        return qmgrctl(args.action, args.argument, config)
     else:
         return run_daemon(args, config)
+    return EXIT_OK
+
+
+def qmgrctl(action: str, argument: str | None, config: Config) -> int:
+    """Send one command to the running qmgr; its answer on stdout (0) or stderr (1);
+    75 (EX_TEMPFAIL) when qmgr cannot be reached."""
+    from meta1.qmgr.control import ControlError, control_socket, request_for, send_command
+    from meta1.queue.layout import QueueLayout
+    from meta1.runtime.process import EX_TEMPFAIL
+    layout = QueueLayout(config.queue_directory, config.cdb_base_directory)
+    try:
+        result = send_command(control_socket(layout), request_for(action, argument))
+    except ControlError as error:
+        print(f"meta1 qmgrctl: {error}", file=sys.stderr)
+        return EX_TEMPFAIL
+    if not result.ok:
+        print(f"meta1 qmgrctl: {result.text}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(result.text)
     return EXIT_OK
 
 

@@ -22,7 +22,8 @@ Responsibilities (this version: the receive half of DESIGN.md's message life)
       transaction of that batch (smtps answers 451 4.3.0), and the next batch is tried
       again — disk-full is transient (reliability T57).
 
-Delivery (the scheduler, smar, smtpc, DEFEDB, DSNs) is :mod:`meta1.qmgr.delivery`.
+Delivery (the scheduler, smar, smtpc, DEFEDB, DSNs) is :mod:`meta1.qmgr.delivery`; the
+operator's control socket (``meta1 qmgrctl``) is :mod:`meta1.qmgr.control`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from meta1.ids import ID_PATTERN
 from meta1.eventloop import (Connection, EventLoop, GroupCommit, Listener, WorkerPool,
                              listen_unix)
 from meta1.ipc.records import Commit, CommitResult, Transaction
+from meta1.qmgr.control import ControlServer
 from meta1.qmgr.delivery import DeliveryManager
 from meta1.queue.cdb import syncfs
 from meta1.queue.ibdb import IncomingLog, replay
@@ -81,6 +83,7 @@ class QueueManager:
         self.stopping = False
         self.replayed = None
         self.delivery = DeliveryManager(self, config)
+        self.control = ControlServer(self)  # meta1 qmgrctl
 
     def _lock(self) -> int:
         fd = os.open(self.layout.qmgr_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -249,6 +252,7 @@ class QueueManager:
         self.recover()
         self.listener = Listener(self.loop, listen_unix(str(self.layout.smtps_socket)), self._accept)
         self.delivery.start()
+        self.control.start()
         self.delivery.replay(self.incoming, self.replayed.done, self.replayed.completed)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.shutdown)
@@ -262,6 +266,7 @@ class QueueManager:
         log.info("shutting down")
         if self.listener is not None:
             self.listener.close()
+        self.control.stop()
         self.delivery.stop()
         self._stop_when_flushed()
 
