@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "mailq":
         from meta1.queue.layout import QueueLayout
         from meta1.queue.mailq import format_json, format_text, list_queue
-        messages = list_queue(QueueLayout(config.queue_directory, config.cdb_base_directory))
+        problems: list[str] = []
+        messages = list_queue(QueueLayout(config.queue_directory, config.cdb_base_directory), problems)
+        for problem in problems:
+            print(f"meta1 mailq: {problem}", file=sys.stderr)
         sys.stdout.write((format_json if args.json else format_text)(messages))
     elif args.command == "qmgrctl":
         return qmgrctl(args.action, args.argument, config)
