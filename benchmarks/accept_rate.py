@@ -89,7 +89,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 SENDER = "bench@example.org"
@@ -321,9 +321,12 @@ SMTPS_PROCESSES = max(1, min(4, os.cpu_count() or 1))
 
 
 class Meta1Server(Server):
-    """smtps and qmgr of this checkout on a private queue directory."""
+    """smtps and qmgr of this checkout on a private queue directory. Subclasses may run
+    more daemons (``daemons``, started in this order, stopped in the reverse) and add to
+    the configuration (``config_text``)."""
 
     name = "meta1"
+    daemons: tuple[str, ...] = ("qmgr", "smtps")
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir, "meta1.log")
@@ -339,17 +342,18 @@ class Meta1Server(Server):
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         return env
 
+    def config_text(self) -> str:
+        return (f'queue_directory = "{self.queue}";\n'
+                f"smtps {{ processes = {SMTPS_PROCESSES};"
+                " listen_socket { type = inet; address = 127.0.0.1;"
+                f" port = {self.port}; }} }}\n")
+
     def start(self) -> None:
         self.queue.mkdir(parents=True)
-        self.config.write_text(
-            f'queue_directory = "{self.queue}";\n'
-            f"smtps {{ processes = {SMTPS_PROCESSES};"
-            " listen_socket { type = inet; address = 127.0.0.1;"
-            f" port = {self.port}; }} }}\n"
-        )
+        self.config.write_text(self.config_text())
         log = self.log.open("ab")
         try:
-            for daemon in ("qmgr", "smtps"):
+            for daemon in self.daemons:
                 self.processes.append(subprocess.Popen(
                     self.command(daemon), cwd=self.workdir, env=self.environment(),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log))
@@ -382,7 +386,7 @@ class Meta1Server(Server):
         if not self.processes:
             return
         self.server_pids()
-        for process in reversed(self.processes):  # smtps first: stop taking mail, then qmgr
+        for process in reversed(self.processes):  # smtps before qmgr: stop taking mail first
             if process.poll() is None:
                 process.terminate()
                 try:
@@ -395,7 +399,8 @@ class Meta1Server(Server):
 
 
 class PostfixServer(Server):
-    """A private Postfix instance under workdir whose smtpd holds every message."""
+    """A private Postfix instance under workdir whose smtpd holds every message
+    (subclasses change what happens to the mail in ``delivery_settings``)."""
 
     name = "postfix"
 
@@ -423,15 +428,21 @@ class PostfixServer(Server):
             "alias_database =",
             "local_recipient_maps =",
             "biff = no",
-            # The discard service: should a message ever leave hold, it goes nowhere.
-            "default_transport = discard",
             "smtpd_relay_restrictions = permit_mynetworks, reject",
-            "smtpd_recipient_restrictions = check_client_access static:HOLD",
+            *self.delivery_settings(),
             "smtpd_tls_security_level = none",
             f"maillog_file = {self.log}",
             f"maillog_file_prefixes = {self.workdir}",
             "",
         ])
+
+    def delivery_settings(self) -> list[str]:
+        """main.cf lines deciding what becomes of accepted mail: here, held."""
+        return [
+            # The discard service: should a message ever leave hold, it goes nowhere.
+            "default_transport = discard",
+            "smtpd_recipient_restrictions = check_client_access static:HOLD",
+        ]
 
     def master_cf(self) -> str:
         """The distribution's master.cf with every service out of chroot (the queue is
@@ -508,12 +519,16 @@ class PostfixServer(Server):
         master = self.master_pid()
         return [master] if master else []
 
-    def queued(self) -> int:
+    def queue_entries(self) -> list[dict[str, object]]:
+        """`postqueue -j`: one object per message in any of the instance's queues."""
         result = subprocess.run(["postqueue", "-c", str(self.config_dir), "-j"], capture_output=True,
                                 text=True, timeout=120, env={**os.environ, "PATH": SBIN_PATH})
         if result.returncode != 0:
             raise RuntimeError(f"postqueue failed: {result.stderr.strip()}")
-        entries = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+    def queued(self) -> int:
+        entries = self.queue_entries()
         not_held = [entry for entry in entries if entry.get("queue_name") != "hold"]
         if not_held:
             raise RuntimeError(f"{len(not_held)} messages outside the hold queue")
@@ -565,6 +580,23 @@ class Run:
     def client_cpu_ms_per_message(self) -> float:
         return 1000 * self.client_cpu_seconds / self.messages
 
+    @staticmethod
+    def table_header() -> str:
+        """print_table's columns after `client` for this kind of run."""
+        return f" {'queued':>7}"
+
+    def table_cells(self) -> str:
+        return f" {'-' if self.queued is None else self.queued:>7}"
+
+    def detail_lines(self) -> list[str]:
+        """Lines print_table prints after the table for this run."""
+        return []
+
+    def figures(self) -> dict[str, object]:
+        """The run as JSON-ready data, derived figures included."""
+        return asdict(self) | {"msgs_per_second": self.rate, "cpu_ms_per_message": self.cpu_ms_per_message,
+                               "client_cpu_ms_per_message": self.client_cpu_ms_per_message}
+
 
 def smtp_source_command(port: int, sessions: int, messages: int, size: int, reuse: bool) -> list[str]:
     command = [smtp_source_path(), "-s", str(sessions), "-m", str(messages), "-l", str(size),
@@ -602,13 +634,19 @@ def measure(server: Server, run: Run, reuse: bool, timeout: float) -> None:
         run.error = f"{run.queued} of {run.messages} messages in the queue"
 
 
-def bench(make_server: Callable[[Path], Server], workdir: Path, run: Run, reuse: bool, timeout: float) -> Run:
+Measure = Callable[[Server, Run, bool, float], None]
+
+
+def bench(make_server: Callable[[Path], Server], workdir: Path, run: Run, reuse: bool, timeout: float,
+          measure_run: Measure = measure) -> Run:
+    """One run on a fresh server in workdir: started, measured by measure_run, stopped
+    (also on errors and at exit); errors and the server's log tail go into the run."""
     workdir.mkdir(mode=0o755)
     server = make_server(workdir)
     atexit.register(server.stop)
     try:
         server.start()
-        measure(server, run, reuse, timeout)
+        measure_run(server, run, reuse, timeout)
     except (RuntimeError, OSError, subprocess.SubprocessError, json.JSONDecodeError) as error:
         run.error = run.error or str(error)
         log = server.log_tail()
@@ -641,23 +679,27 @@ def postfix_available() -> str:
 
 # --- output ----------------------------------------------------------------------------
 
-def ratios(runs: list[Run]) -> dict[int, float]:
+def ratios(runs: Sequence[Run]) -> dict[int, float]:
     """meta1 msg/s divided by Postfix msg/s, per session count where both runs succeeded."""
     by_key = {(run.target, run.sessions): run for run in runs if run.ok}
     return {sessions: by_key["meta1", sessions].rate / by_key["postfix", sessions].rate
             for (target, sessions) in by_key if target == "meta1" and ("postfix", sessions) in by_key}
 
 
-def print_table(runs: list[Run]) -> None:
+def print_table(runs: Sequence[Run]) -> None:
+    """One row per run (the columns every run has, then its kind's own), each run's
+    detail lines, errors and notes, and the ratios."""
     header = (f"{'target':<8} {'sessions':>8} {'messages':>8} {'seconds':>8} {'msg/s':>8} {'CPU ms/msg':>10}"
-              f" {'client':>7} {'queued':>7}")
+              f" {'client':>7}" + (runs[0].table_header() if runs else ""))
     print(header)
     print("-" * len(header))
     for run in runs:
-        queued = "-" if run.queued is None else str(run.queued)
         print(f"{run.target:<8} {run.sessions:>8} {run.messages:>8} {run.seconds:>8.2f} {run.rate:>8.0f}"
-              f" {run.cpu_ms_per_message:>10.2f} {run.client_cpu_ms_per_message:>7.2f} {queued:>7}"
+              f" {run.cpu_ms_per_message:>10.2f} {run.client_cpu_ms_per_message:>7.2f}" + run.table_cells()
               + ("" if run.ok else "  FAILED"))
+    for run in runs:
+        for line in run.detail_lines():
+            print(line)
     for run in runs:
         if run.error:
             print(f"{run.target} {run.sessions} sessions: {run.error}")
@@ -677,8 +719,9 @@ def session_list(text: str) -> list[int]:
     return values
 
 
-def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="meta1 vs Postfix accept rate (smtp-source, real fsync)")
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """The options every smtp-source benchmark here shares."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--messages", type=int, default=5000, help="messages per run (default 5000)")
     parser.add_argument("--sessions", type=session_list, default=[10, 50], help="parallel sessions (default 10,50)")
     parser.add_argument("--size", type=int, default=5120, help="message body bytes (default 5120)")
@@ -692,40 +735,57 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the queues and logs")
     parser.add_argument("--smtps-processes", type=int, default=None, metavar="N",
                         help="meta1 smtps processes (default: one per CPU core, at most 4)")
-    arguments = parser.parse_args(argv)
+    return parser
+
+
+def finish_arguments(parser: argparse.ArgumentParser, arguments: argparse.Namespace,
+                     seconds_per_message: float = 1 / 20) -> argparse.Namespace:
+    """Checks the shared options and fills in the default --timeout."""
     if arguments.messages < 1 or arguments.size < 0:
         parser.error("--messages must be positive and --size not negative")
     if arguments.timeout is None:
-        arguments.timeout = 30 + arguments.messages / 20
+        arguments.timeout = 30 + arguments.messages * seconds_per_message
     return arguments
 
 
-def main(argv: list[str] | None = None) -> int:
-    arguments = parse_arguments(argv)
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argument_parser("meta1 vs Postfix accept rate (smtp-source, real fsync)")
+    return finish_arguments(parser, parser.parse_args(argv))
+
+
+Factory = TypeVar("Factory")  # whatever makes a server: accept_rate's take the directory only
+
+
+def prepare(arguments: argparse.Namespace, program: str,
+            candidates: Iterable[tuple[str, Factory, Callable[[], str]]]) -> list[tuple[str, Factory]]:
+    """What every benchmark does before its runs: applies --smtps-processes, makes
+    SIGTERM/SIGHUP unwind like Ctrl-C (so every finally and atexit handler stops
+    servers), checks for smtp-source, becomes a subreaper, and returns the candidates
+    (name, server factory, why-not check) that --only selects and that can run here."""
     if arguments.smtps_processes is not None:
         global SMTPS_PROCESSES
         SMTPS_PROCESSES = max(1, arguments.smtps_processes)
-    # SIGTERM/SIGHUP unwind like Ctrl-C, so every finally and atexit handler stops servers.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda number, frame: sys.exit(128 + number))
     smtp_source_path()
     become_subreaper()
-
-    targets: list[tuple[str, Callable[[Path], Server]]] = []
-    for name, factory, why_not in (("meta1", Meta1Server, meta1_available),
-                                   ("postfix", PostfixServer, postfix_available)):
+    targets: list[tuple[str, Factory]] = []
+    for name, factory, why_not in candidates:
         if arguments.only not in (None, name):
             continue
         reason = why_not()
         if reason:
-            print(f"accept_rate: skipping {name}: {reason}", file=sys.stderr)
+            print(f"{program}: skipping {name}: {reason}", file=sys.stderr)
         else:
             targets.append((name, factory))
-    if not targets:
-        return 1
+    return targets
 
+
+def make_base(arguments: argparse.Namespace, prefix: str) -> tuple[Path, str, float]:
+    """The directory for this invocation's runs under --dir (removed at exit unless
+    --keep), its file system type and the fsync baseline measured there, printed."""
     arguments.dir.mkdir(parents=True, exist_ok=True)
-    base = Path(tempfile.mkdtemp(prefix="meta1-accept-rate-", dir=arguments.dir))
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=arguments.dir))
     base.chmod(0o755)  # Postfix's processes (user postfix) must reach their queue
     if not arguments.keep:
         atexit.register(shutil.rmtree, base, True)
@@ -736,21 +796,45 @@ def main(argv: list[str] | None = None) -> int:
           f" {os.cpu_count()} CPUs shared by servers and client")
     if fstype in ("tmpfs", "ramfs", "overlay"):
         print(f"warning: {fstype} — fsync may cost nothing here; use --dir on a real disk", file=sys.stderr)
+    return base, fstype, fsyncs
 
-    runs: list[Run] = []
-    for sessions in arguments.sessions:
-        for name, factory in targets:
-            run = Run(name, sessions, arguments.messages, arguments.size)
-            print(f"running {name}, {sessions} sessions, {arguments.messages} messages ...", file=sys.stderr, flush=True)
-            runs.append(bench(factory, base / f"{name}-{sessions}", run, arguments.reuse, arguments.timeout))
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    targets = prepare(arguments, "accept_rate", (("meta1", Meta1Server, meta1_available),
+                                                 ("postfix", PostfixServer, postfix_available)))
+    if not targets:
+        return 1
+    base, fstype, fsyncs = make_base(arguments, "meta1-accept-rate-")
+
+    runs = run_all(arguments, targets, Run, lambda factory, run: bench(
+        factory, base / f"{run.target}-{run.sessions}", run, arguments.reuse, arguments.timeout))
     print_table(runs)
 
+    return finish(arguments, base, runs, fsync_per_second=fsyncs, filesystem=fstype)
+
+
+AnyRun = TypeVar("AnyRun", bound=Run)
+
+
+def run_all(arguments: argparse.Namespace, targets: list[tuple[str, Factory]], run_type: type[AnyRun],
+            one_run: Callable[[Factory, AnyRun], AnyRun]) -> list[AnyRun]:
+    """Every session count against every target in turn, each run made by one_run."""
+    runs: list[AnyRun] = []
+    for sessions in arguments.sessions:
+        for name, factory in targets:
+            print(f"running {name}, {sessions} sessions, {arguments.messages} messages ...", file=sys.stderr, flush=True)
+            runs.append(one_run(factory, run_type(name, sessions, arguments.messages, arguments.size)))
+    return runs
+
+
+def finish(arguments: argparse.Namespace, base: Path, runs: Sequence[Run], **facts: object) -> int:
+    """Writes --json (the facts, the runs' figures, the ratios), says where --keep kept
+    things, and returns the exit status: 0 when every run is ok."""
     if arguments.json:
         arguments.json.write_text(json.dumps({
-            "fsync_per_second": fsyncs, "filesystem": fstype, "cpus": os.cpu_count(),
-            "reuse_connections": arguments.reuse,
-            "runs": [asdict(run) | {"msgs_per_second": run.rate, "cpu_ms_per_message": run.cpu_ms_per_message,
-                                    "client_cpu_ms_per_message": run.client_cpu_ms_per_message} for run in runs],
+            **facts, "cpus": os.cpu_count(), "reuse_connections": arguments.reuse,
+            "runs": [run.figures() for run in runs],
             "ratio_meta1_postfix": {str(sessions): ratio for sessions, ratio in ratios(runs).items()},
         }, indent=2) + "\n")
     if arguments.keep:
