@@ -10,12 +10,20 @@ recipients then wait in the scheduler for their route, where hold and delete act
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
+from types import SimpleNamespace
 
 import pytest
 
-from meta1.ipc.records import DeleteMessage, FlushQueue, HoldMessage, ReleaseMessage
-from meta1.qmgr.control import request_for
+from meta1.eventloop import EventLoop
+from meta1.ipc.codec import frame
+from meta1.ipc.records import (PROTOCOL_VERSION, CommitResult, ControlResult, DeleteMessage, FlushQueue, Hello,
+                               HoldMessage, ReleaseMessage)
+from meta1.qmgr.control import ControlError, ControlServer, request_for, send_command
+from meta1.qmgr.scheduler import Flush, Hold, Release
+from meta1.queue.layout import QueueLayout
 from mta import MTA, wait_for
 from test_delivery import relay, send  # noqa: F401 (fixture)
 from test_smtpc_interop import _wait_dumps, needs_sink, sink  # noqa: F401 (fixture)
@@ -159,3 +167,85 @@ def test_request_for_refuses_what_is_not_a_command() -> None:
         request_for("requeue", "x")
     with pytest.raises(ValueError, match="needs a queue id"):
         request_for("hold")
+
+
+class FakeDelivery:
+    """What ControlServer uses of DeliveryManager: ``handle`` (KeyError for an unknown id, as
+    the scheduler raises it) and, as its own ``scheduler``, the scheduler's introspection
+    (nothing deferred, nothing in flight)."""
+
+    def __init__(self, known: set[str]):
+        self.known = known
+        self.events: list[object] = []
+        self.closed = False
+        self.scheduler = self
+
+    def handle(self, event: object) -> None:
+        if getattr(event, "ta_id", None) not in (None, *self.known):
+            raise KeyError(event.ta_id)
+        self.events.append(event)
+
+    def recipients(self):
+        return iter(())
+
+    def state_of(self, rcpt_id: str):
+        return None
+
+
+@pytest.fixture
+def control(tmp_path):
+    """A ControlServer on its own event loop thread, with a fake qmgr around it."""
+    layout = QueueLayout(tmp_path / "queue")
+    layout.ensure()
+    loop = EventLoop()
+    manager = SimpleNamespace(loop=loop, layout=layout, incoming={}, stopping=False,
+                              delivery=FakeDelivery({"S0000000000000001AB"}))
+    server = ControlServer(manager)
+    server.start()
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    yield server, manager.delivery
+    loop.call_soon_threadsafe(server.stop)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_control_server_turns_commands_into_scheduler_events(control) -> None:
+    server, delivery = control
+    assert send_command(server.path, HoldMessage("S0000000000000001AB")) == ControlResult(
+        True, "S0000000000000001AB: held")
+    assert send_command(server.path, ReleaseMessage("S0000000000000001AB")).ok
+    assert send_command(server.path, FlushQueue("example.test")).ok
+    assert send_command(server.path, DeleteMessage("S0000000000000002AB")) == ControlResult(
+        False, "S0000000000000002AB: no such message in the queue")
+    assert delivery.events == [Hold("S0000000000000001AB"), Release("S0000000000000001AB"), Flush("example.test")]
+
+
+def test_a_record_that_is_no_command_closes_the_link(control) -> None:
+    server, delivery = control
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(server.path))
+        sock.sendall(frame(Hello(PROTOCOL_VERSION, "qmgrctl", 1, 0)) + frame(CommitResult("x", True, "")))
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    assert delivery.events == [] and len(received) < 100  # its Hello, then the close
+
+
+def test_send_command_refuses_an_answer_that_is_no_control_result(tmp_path) -> None:
+    path = str(tmp_path / "ctl")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+
+    def wrong_peer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(frame(Hello(PROTOCOL_VERSION, "qmgr", 1, 0)) + frame(CommitResult("x", True, "")))
+
+    thread = threading.Thread(target=wrong_peer, daemon=True)
+    thread.start()
+    with listener, pytest.raises(ControlError, match="answered CommitResult, not ControlResult"):
+        send_command(path, FlushQueue(None), timeout=10)
+    thread.join(10)
