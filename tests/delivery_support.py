@@ -331,12 +331,16 @@ def dsn_reports(content: bytes) -> list[dict[str, str]]:
     """The per-recipient field groups of the message/delivery-status part, lower-case keys."""
     message = email.message_from_bytes(content, policy=email.policy.compat32)
     assert message.get_content_type() == "multipart/report", message.get_content_type()
-    assert message.get_param("report-type") == "delivery-status"
+    assert message.get_param("report-type") in ("delivery-status", "global-delivery-status")
     [status] = [part for part in message.walk()
                 if part.get_content_type() in ("message/delivery-status", "message/global-delivery-status")]
     payload = status.get_payload()
-    # compat32 parses message/delivery-status into one Message per field group.
-    groups = payload if isinstance(payload, list) else []
+    if status.get_content_type() == "message/delivery-status":
+        groups = payload               # compat32 splits it into one Message per field group
+    else:                              # message/global-delivery-status (RFC 6533): read as text
+        text = payload[0].as_string() if isinstance(payload, list) else payload
+        groups = [email.message_from_string(chunk)
+                  for chunk in re.split(r"\r?\n\s*\r?\n", text) if chunk.strip()]
     return [{key.lower(): " ".join(value.split()) for key, value in group.items()} for group in groups[1:]]
 
 

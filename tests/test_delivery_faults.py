@@ -183,3 +183,54 @@ def test_t61_dsn_for_a_remote_refusal_names_the_remote_mta(world) -> None:  # no
     [dsn] = only_dsn(home)
     [report] = dsn_reports(dsn.content)
     assert "remote-mta" in report and "127.0.0.1" in report["remote-mta"] + report.get("diagnostic-code", "")
+
+
+# --- MX fallback -----------------------------------------------------------------------------
+
+FIRST_MX = {"dead": None, "disconnect at MAIL": ("-q", "MAIL"), "421 greeting": ("-Q", "CONNECT")}
+
+
+@needs_sink
+@pytest.mark.parametrize("first", list(FIRST_MX))
+def test_mx_fallback_to_the_second_preference(world, first) -> None:  # noqa: F811
+    """The first MX (::1) is dead, drops the connection, or says 421: the second gets it once."""
+    primary = world.sink(*FIRST_MX[first], host="::1") if FIRST_MX[first] else None
+    secondary = world.sink()
+    world.zone("home.test", "127.0.0.1")
+    world.dns.add("far.test", "MX", "10 mx1.far.test", "20 mx2.far.test")
+    world.dns.add("mx1.far.test", "AAAA", "::1")
+    world.dns.add("mx2.far.test", "A", "127.0.0.1")
+    mta = world.start()
+    world.send(SENDER, ["x@far.test"], MESSAGE)
+    [(fields, content)] = secondary.wait(1)
+    assert fields["X-Rcpt-Args"] == ["<x@far.test>"] and body_of(content) == MESSAGE
+    world.wait_empty()
+    assert len(secondary.messages()) == 1 and (primary is None or primary.messages() == [])
+    assert f"relay=mx2.far.test [127.0.0.1]:{world.port} code=250" in mta.log("smtpc")
+    if primary is None:
+        assert f"connect to mx1.far.test [::1]:{world.port} failed" in mta.log("smtpc")
+
+
+# --- T12: 8-bit and SMTPUTF8 to peers without them -------------------------------------------
+
+EIGHT_BIT = "From: sender@home.test\r\nSubject: 8bit\r\n\r\ncaf\u00e9 \u20ac\r\n".encode()
+
+
+@needs_sink
+@pytest.mark.parametrize("case", ["8bitmime", "smtputf8"])
+def test_t12_never_sent_raw_to_a_peer_without_the_extension(world, case) -> None:  # noqa: F811
+    """(a) BODY=8BITMIME to smtp-sink -8: DSN 5.6.3. (c) SMTPUTF8 to smtp-sink (which never
+    offers it): DSN 5.6.7. The far peer gets no transaction either way."""
+    far = world.sink("-8") if case == "8bitmime" else world.sink()
+    home = world.peer(host="::1", extensions=("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"))
+    home_and_far(world)
+    world.start()
+    options = ["BODY=8BITMIME"] if case == "8bitmime" else ["BODY=8BITMIME", "SMTPUTF8"]
+    world.send(SENDER, ["x@far.test"], EIGHT_BIT, mail_options=options)
+    [dsn] = only_dsn(home)
+    [report] = dsn_reports(dsn.content)
+    status = "5.6.3" if case == "8bitmime" else "5.6.7"
+    assert report["final-recipient"] == "rfc822; x@far.test" and report["status"] == status
+    world.wait_empty()
+    assert far.messages() == []
+    assert not any(c.startswith("MAIL") and "x@far.test" in c for c in home.commands)
