@@ -46,7 +46,7 @@ import pytest
 
 from dnsserver import DnsServer
 from mta import MTA, wait_for
-from test_smtpc_interop import SINK, Sink
+from test_smtpc_interop import SINK
 
 #: Seconds any wait in these tests may take before it fails.
 WAIT = 20.0
@@ -87,14 +87,26 @@ class SinkProcess:
     """A running smtp-sink and what it dumped (``messages()``, ``wait(n)``)."""
 
     proc: subprocess.Popen
-    sink: Sink
+    dump: Path
     host: str
 
     def messages(self) -> list[tuple[dict[str, list[str]], bytes]]:
-        return self.sink.messages()
+        """(smtp-sink's X- fields, content with CRLF) of every complete dump; one still
+        being written (smtp-sink writes as the data arrives) is left out."""
+        out = []
+        for path in self.complete():
+            head, _, rest = path.read_bytes().partition(b"Received: ")
+            fields: dict[str, list[str]] = {}
+            for line in head.decode().splitlines():
+                name, _, value = line.partition(": ")
+                fields.setdefault(name, []).append(value)
+            content = rest.split(b"\n", 3)[3]           # after the three-line Received header
+            out.append((fields, content[:-1].replace(b"\n", b"\r\n")))
+        return out
 
     def complete(self) -> list[Path]:
-        return [f for f in self.sink.dump.iterdir() if f.read_bytes().endswith(b"\n\n")]
+        """Dump files that end with the empty line that closes a message."""
+        return [f for f in sorted(self.dump.iterdir()) if f.read_bytes().endswith(b"\n\n")]
 
     def wait(self, count: int, timeout: float = WAIT) -> list[tuple[dict[str, list[str]], bytes]]:
         """Until ``count`` complete messages are dumped (more is not waited for)."""
@@ -106,7 +118,7 @@ class SinkProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=10)
-        shutil.rmtree(self.sink.dump, ignore_errors=True)
+        shutil.rmtree(self.dump, ignore_errors=True)
 
 
 def start_sink(host: str, port: int, *options: str) -> SinkProcess:
@@ -119,7 +131,7 @@ def start_sink(host: str, port: int, *options: str) -> SinkProcess:
         args += ["-u", "postfix"]
     proc = subprocess.Popen(args + ["-d", f"{dump}/%H%M%S.", *options, f"{_bracketed(host)}:{port}", "10"],
                             stderr=subprocess.DEVNULL)
-    running = SinkProcess(proc, Sink(port, dump), host)
+    running = SinkProcess(proc, dump, host)
     try:
         wait_listening(host, port, lambda: proc.poll() is None)
     except BaseException:

@@ -234,3 +234,120 @@ def test_t12_never_sent_raw_to_a_peer_without_the_extension(world, case) -> None
     world.wait_empty()
     assert far.messages() == []
     assert not any(c.startswith("MAIL") and "x@far.test" in c for c in home.commands)
+
+
+# --- kill -9 (reliability.md §4.2) -----------------------------------------------------------
+
+@needs_sink
+@pytest.mark.parametrize("window", ["before the dot", "after the dot (W3)"])
+def test_smtpc_killed_mid_delivery_keeps_the_recipient_and_delivers_later(world, window) -> None:  # noqa: F811
+    """smtpc dies while the server delays its reply to DATA (nothing sent yet) or to the dot
+    (the server has the message: W3). The recipient stays queued; once smtpc is back the
+    message arrives — at most one extra copy, and only in W3."""
+    slow = world.sink(*(("-w", "30") if window == "before the dot" else ("-W", ".:30")))
+    world.zone("home.test", "::1")
+    world.zone("far.test", "127.0.0.1")
+    mta = world.start(qmgr="min_queue_delay = 1s;")
+    world.send(SENDER, ["x@far.test"], MESSAGE)
+    if window == "before the dot":   # the dump file is opened with the transaction
+        wait_for(lambda: any(slow.dump.iterdir()), timeout=WAIT, what="the transaction at the sink")
+    else:
+        slow.wait(1)                 # the whole message is dumped before the reply to the dot
+    mta.kill("smtpc")
+    world.wait_qmgr("deferred (attempt 1): 451 4.3.0 the delivery agent stopped")
+    assert [e["id"] for e in mta.mailq()] and " DSN " not in world.qmgr_log()
+    copies_before = len(slow.complete())
+    slow.stop()
+    fresh = world.sink()
+    mta.spawn("smtpc")
+    [(fields, content)] = fresh.wait(1)
+    assert fields["X-Rcpt-Args"] == ["<x@far.test>"] and body_of(content) == MESSAGE
+    world.wait_empty()
+    assert copies_before == (0 if window == "before the dot" else 1)
+    assert len(fresh.messages()) == 1
+
+
+@needs_sink
+def test_smar_killed_during_a_lookup_defers_and_delivers_when_back(world) -> None:  # noqa: F811
+    """T51 / §4.2 "kill -9 SMAR mid-lookup": a temporary failure, never a bounce."""
+    far = world.sink()
+    home_and_far(world)
+    world.dns.fault("far.test", Fault.DELAY, rdtype="MX", delay=30, count=1)
+    mta = world.start(qmgr="min_queue_delay = 1s;")
+    world.send(SENDER, ["x@far.test"], MESSAGE)
+    assert world.dns.wait_for(lambda log: any(q.name == "far.test" for q in log), timeout=WAIT)
+    mta.kill("smar")
+    world.wait_qmgr("deferred (attempt 1): 451 4.4.3")
+    assert "bounced" not in world.qmgr_log() and mta.mailq()
+    mta.spawn("smar")
+    [(fields, content)] = far.wait(1)
+    assert fields["X-Rcpt-Args"] == ["<x@far.test>"] and body_of(content) == MESSAGE
+    world.wait_empty()
+    assert len(far.messages()) == 1 and " DSN " not in world.qmgr_log()
+
+
+def _stream_sender(world, far, count: int, acked: dict[int, bool], flowing: threading.Event,  # noqa: F811
+                   stop: threading.Event) -> None:
+    """Send messages 0..count-1, each until smtps answers 250 (qmgr may be down: 451),
+    while ``flowing`` is set, keeping at most two ahead of the sink so that the kills
+    land while mail is in flight."""
+    for seq in range(count):
+        wait_for(lambda: stop.is_set() or (flowing.is_set() and len(_sequence_numbers(far)) >= seq - 2),
+                 timeout=WAIT, what="the sink to catch up")
+        message = MESSAGE.replace(b"Subject: faults", f"Subject: faults\r\nX-Test-Seq: {seq}".encode())
+        while not stop.is_set():
+            try:
+                world.send(SENDER, ["x@far.test"], message)
+            except (smtplib.SMTPException, OSError):
+                time.sleep(0.05)             # qmgr is restarting: a retry back-off
+                continue
+            acked[seq] = True
+            break
+
+
+@needs_sink
+def test_qmgr_killed_at_random_moments_loses_nothing(world) -> None:  # noqa: F811
+    """kill -9 qmgr three times while a stream of messages flows; after each restart the
+    queue is replayed. Every acknowledged message arrives at least once and at most twice
+    (one kill can catch it in W1 or W2; the stream pauses after each restart until the
+    queue is empty, so no message sees two kills)."""
+    far = world.sink()
+    home_and_far(world)
+    mta = world.start(qmgr="min_queue_delay = 1s;")
+    count, acked, flowing, stop = 15, {}, threading.Event(), threading.Event()
+    flowing.set()
+    sender = threading.Thread(target=_stream_sender, args=(world, far, count, acked, flowing, stop), daemon=True)
+    sender.start()
+    rng = random.Random(4)
+    try:
+        for kill in range(3):
+            # Just after a message reached the sink: its done record may not be durable (W2).
+            wait_for(lambda: len(far.complete()) >= 2 + 4 * kill, timeout=WAIT, what="more messages delivered")
+            time.sleep(rng.uniform(0.0, 0.02))    # a random moment, not a condition
+            mta.kill("qmgr")
+            mta.spawn("qmgr")
+            flowing.clear()
+            wait_for(lambda: mta.mailq() == [], timeout=WAIT, what="the queue to drain after the restart")
+            flowing.set()
+        sender.join(WAIT)
+        assert not sender.is_alive() and sorted(acked) == list(range(count))
+        wait_for(lambda: _sequence_numbers(far) >= set(range(count)), timeout=WAIT,
+                 what="every acknowledged message at the sink")
+        wait_for(lambda: mta.mailq() == [], timeout=WAIT, what="an empty queue")
+    finally:
+        stop.set()
+    copies = [_sequence_number(content) for _, content in far.messages()]
+    assert all(1 <= copies.count(seq) <= 2 for seq in range(count)), sorted(copies)
+    # Content files left are those of transactions smtps never acknowledged (qmgr died
+    # before the commit): orphans that qmgr removes after ORPHAN_GRACE, never delivered.
+    smtps_log = "".join(p.read_text() for p in world.base.glob("smtps.*.log"))
+    for ta_id in mta.content_files():
+        assert f"ta={ta_id} not accepted" in smtps_log, ta_id
+
+
+def _sequence_number(content: bytes) -> int:
+    return int(content.split(b"X-Test-Seq: ", 1)[1].split(b"\r\n", 1)[0])
+
+
+def _sequence_numbers(far) -> set[int]:
+    return {_sequence_number(content) for _, content in far.messages()}
