@@ -19,7 +19,7 @@ Responsibilities
       EHLO extension list, and a count of connections (null MX: "the peer sees nothing").
       It never pipelines its replies and answers one command at a time.
     * :func:`start_sink` — Postfix's ``smtp-sink`` on a chosen address and port, with its
-      fault-injection options; its dumps are read with ``test_smtpc_interop.Sink``.
+      fault-injection options; its dumps (``-d``) are read as they complete.
     * :func:`dsn_reports` — the per-recipient fields of an RFC 3464 DSN, parsed with the
       standard library's email package (an independent reader of what qmgr built).
 """
@@ -264,10 +264,11 @@ class World:
         self.mta: MTA | None = None
         self._stoppers: list = [self.dns.__exit__]
 
-    def sink(self, *options: str, host: str = "127.0.0.1") -> SinkProcess:
+    def sink(self, *options: str, host: str = "127.0.0.1", port: int | None = None) -> SinkProcess:
+        """smtp-sink on ``host`` at smtpc's port (or ``port``, for a peer's own next hop)."""
         if SINK is None:
             pytest.skip("Postfix smtp-sink is not installed")
-        running = start_sink(host, self.port, *options)
+        running = start_sink(host, port or self.port, *options)
         self._stoppers.append(running.stop)
         return running
 
