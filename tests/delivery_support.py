@@ -356,8 +356,3 @@ def dsn_reports(content: bytes) -> list[dict[str, str]]:
                   for chunk in re.split(r"\r?\n\s*\r?\n", text) if chunk.strip()]
     return [{key.lower(): " ".join(value.split()) for key, value in group.items()} for group in groups[1:]]
 
-
-def unfolded(content: bytes) -> bytes:
-    """``content`` with header folding undone (a long Diagnostic-Code spans lines)."""
-    return re.sub(rb"\r?\n[ \t]+", b" ", content)
-

@@ -18,7 +18,7 @@ import smtplib
 
 import pytest
 
-from delivery_support import WAIT, dsn_reports, unfolded, world  # noqa: F401 (fixture)
+from delivery_support import WAIT, dsn_reports, world  # noqa: F401 (fixture)
 from dnsserver import Fault
 from mta import body_of, wait_for
 from test_smtpc_interop import needs_sink
