@@ -21,14 +21,14 @@ MESSAGE = b"From: sender@example.test\r\nTo: rcpt@example.test\r\nSubject: relay
 
 @pytest.fixture
 def relay(tmp_path, sink):  # noqa: F811
-    def start(*sink_options: str) -> tuple[MTA, object]:
+    def start(*sink_options: str, qmgr_options: str = "") -> tuple[MTA, object]:
         server = sink(*sink_options)
         dns_server = DnsServer(ZONES).__enter__()
         started.append(dns_server)
         host, port = dns_server.address
         mta = MTA(tmp_path, extra_global=(f"smar {{ nameserver = {{ {host}:{port} }}; DNS_timeout = 2; }}\n"
                                           f"smtpc {{ remote_port = {server.port}; IO_timeout = 10s; }}\n"
-                                          "qmgr { min_queue_delay = 1h; }\n"))
+                                          f"qmgr {{ min_queue_delay = 1h; {qmgr_options} }}\n"))
         started.append(mta)
         mta.start()
         mta.spawn("smar")
@@ -131,3 +131,20 @@ def test_local_domain_goes_to_the_lmtp_socket_b63(tmp_path) -> None:
         sink_proc.kill()
         sink_proc.wait()
         shutil.rmtree(dump, ignore_errors=True)
+
+
+@needs_sink
+def test_incoming_log_files_of_complete_transactions_are_removed(relay, tmp_path) -> None:
+    """qmgr { IBDB_file_size = 4K; }: after every message is delivered only the current
+    log file (and perhaps one being sealed) remains, and a restart recovers nothing."""
+    mta, server = relay(qmgr_options="IBDB_file_size = 4K;")
+    for n in range(30):
+        send(mta, "sender@example.test", [f"r{n}@example.test"])
+    _wait_dumps(server, 30)
+    ibdb = mta.queue / "ibdb"
+    wait_for(lambda: not mta.content_files(), what="every message to leave the queue")
+    mta.wait_log("qmgr", "removing incoming-log files")
+    wait_for(lambda: len(list(ibdb.glob("*.ibdb"))) <= 2, what="old log files to be removed")
+    mta.kill("qmgr")
+    mta.spawn("qmgr")
+    assert "recovered 0 transactions" in mta.log("qmgr")

@@ -359,3 +359,47 @@ def test_replay_folds_recipients_done(tmp_path: pathlib.Path) -> None:
     assert result.done == {partly.ta_id: {partly.recipients[1].rcpt_id}}
     assert result.completed == [whole.ta_id]
     assert result.missing_content == [] and result.quarantined == []
+
+
+def test_log_file_use_removes_oldest_first_only_when_complete() -> None:
+    """A file goes when it is older than the current one and it and every older file
+    hold no incomplete transaction; a newer empty file waits for an older busy one."""
+    from meta1.queue.ibdb import LogFileUse
+    use = LogFileUse()
+    use.logged("A", 1)
+    use.logged("B", 2)
+    use.file(3)                                   # only done records in it
+    use.logged("C", 4)
+    assert use.removable(current=4) == []         # A still open in file 1
+    use.completed("B")
+    assert use.removable(current=4) == []         # file 2 is empty, but file 1 is not
+    use.completed("A")
+    assert use.removable(current=4) == [1, 2, 3]  # file 4 is current
+    use.completed("C")
+    assert use.removable(current=4) == []
+    assert use.removable(current=5) == [4]
+
+
+def test_replay_says_which_file_holds_each_transaction(tmp_path: pathlib.Path) -> None:
+    layout = make_queue(tmp_path)
+    transactions = [store(layout, n) for n in range(1, 5)]
+    write_log(layout, [[t] for t in transactions], max_file_size=200)
+    result = replay(layout)
+    assert result.files == [sequence for sequence, _ in log_files(layout)]
+    assert len(set(result.file_of.values())) > 1
+    assert set(result.file_of) == {t.ta_id for t in transactions}
+
+
+def test_remove_files_refuses_the_current_file(tmp_path: pathlib.Path) -> None:
+    layout = make_queue(tmp_path)
+    log = IncomingLog(layout, max_file_size=200)
+    log.open()
+    for n in range(1, 4):
+        log.append_batch([store(layout, n)])
+        log.rotate_if_needed()
+    oldest = log_files(layout)[0][0]
+    log.remove_files([oldest])
+    assert oldest not in [s for s, _ in log_files(layout)]
+    with pytest.raises(ValueError):
+        log.remove_files([log.sequence])
+    log.close()

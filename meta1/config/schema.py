@@ -340,6 +340,9 @@ QMGR = SectionSpec(
         OptionSpec("config_map", Reference("map"), NOT_SET,
                    "Map of per-IP limits (oci:, ocm:, ocr:, oct:, icm:, icr: tags).", R,
                    unset_means="no per-IP limits beyond the smtpc section's"),
+        OptionSpec("IBDB_file_size", Size(4096), 64 << 20,
+                   "Size at which qmgr starts a new incoming-log file; a file whose "
+                   "transactions are all complete (and all older ones too) is removed.", EXT),
         OptionSpec("content_sync", Enum(("filesystem", "files")), "filesystem",
                    "How a commit batch makes its content files durable before the IBDB "
                    "append: one syncfs(2) of the queue file system, or an fdatasync per "

@@ -44,7 +44,7 @@ from meta1.ipc.records import Commit, CommitResult, Transaction
 from meta1.qmgr.control import ControlServer
 from meta1.qmgr.delivery import DeliveryManager
 from meta1.queue.cdb import syncfs
-from meta1.queue.ibdb import IncomingLog, replay
+from meta1.queue.ibdb import IncomingLog, LogFileUse, replay
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import RecordLink
 from meta1.runtime.process import log_flush_per_iteration
@@ -68,7 +68,8 @@ class QueueManager:
         self.lock_fd = self._lock()
         self.incoming: dict[str, Transaction] = {}
         self.pool = WorkerPool(self.loop, threads=1, name="ibdb")
-        self.ibdb = IncomingLog(self.layout)
+        self.ibdb = IncomingLog(self.layout, max_file_size=config.qmgr.IBDB_file_size)
+        self.log_use = LogFileUse()
         self.commits: GroupCommit[Transaction] = GroupCommit(self.pool, self._flush, name="ibdb")
         self.links: set[RecordLink] = set()
         self.failed: dict[str, str] = {}
@@ -101,6 +102,10 @@ class QueueManager:
     def recover(self) -> None:
         result = self.replayed = replay(self.layout)
         self.incoming = dict(result.transactions)
+        for sequence in result.files:
+            self.log_use.file(sequence)
+        for ta_id, sequence in result.file_of.items():
+            self.log_use.logged(ta_id, sequence)
         for path, why in result.quarantined:
             log.error("quarantined %s: %s", path, why)
         for ta_id in result.missing_content:
@@ -167,8 +172,25 @@ class QueueManager:
         else:
             for _ in self.syncers.map(self._sync_directory, sorted(directories)):
                 pass
-        self.ibdb.append_batch(durable)
+        sequence = self.ibdb.append_batch(durable)
+        logged = [item.ta_id for item in durable if isinstance(item, Transaction)]
+        # Before the batch's completions run (both go through the loop in this order).
+        self.loop.call_soon_threadsafe(lambda: self._logged(logged, sequence))
         self.ibdb.rotate_if_needed()
+
+    def _logged(self, ta_ids: list[str], sequence: int) -> None:
+        for ta_id in ta_ids:
+            self.log_use.logged(ta_id, sequence)
+
+    def transaction_complete(self, ta_id: str) -> None:
+        """Every recipient of ``ta_id`` is done and durable: old log files may go."""
+        self.log_use.completed(ta_id)
+        removable = self.log_use.removable(self.ibdb.sequence)
+        if removable:
+            log.info("removing incoming-log files %s: every transaction in them is complete",
+                     ", ".join(map(str, removable)))
+            self.pool.submit(lambda: self.ibdb.remove_files(removable),
+                             lambda _result, exc: exc and log.error("removing log files: %s", exc))
 
     def _check_content(self, transaction: Transaction) -> str | None:
         """The content file is where the id says, a regular file (syncfs syncs it)."""

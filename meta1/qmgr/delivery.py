@@ -464,6 +464,7 @@ class DeliveryManager:
             self._defedb([RemoveTransaction(ta_id)])
         if transaction is not None:
             self._remove_content(ta_id, transaction.content)
+        self.manager.transaction_complete(ta_id)
         log.info("%s: removed (every recipient is done)", ta_id)
 
     def _remove_content(self, ta_id: str, relpath: str) -> None:

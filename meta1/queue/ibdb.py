@@ -205,6 +205,10 @@ class Replay:
     done: dict[str, set[str]] = field(default_factory=dict)
     #: transactions all of whose recipients are done (their content may still exist)
     completed: list[str] = field(default_factory=list)
+    #: the sequence numbers of the files read, oldest first, and of the file that holds
+    #: each queued transaction's record (for removing files no longer needed)
+    files: list[int] = field(default_factory=list)
+    file_of: dict[str, int] = field(default_factory=dict)
     quarantined: list[tuple[pathlib.Path, str]] = field(default_factory=list)
     torn_tail: bool = False
     missing_content: list[str] = field(default_factory=list)
@@ -270,7 +274,8 @@ def replay(layout: QueueLayout, read_only: bool = False) -> Replay:
     result = Replay()
     files = log_files(layout)
     logged: list[object] = []
-    for index, (_, path) in enumerate(files):
+    file_of: dict[str, int] = {}
+    for index, (sequence, path) in enumerate(files):
         newest = index == len(files) - 1
         try:
             transactions, torn = _read_log_file(path, newest)
@@ -293,11 +298,16 @@ def replay(layout: QueueLayout, read_only: bool = False) -> Replay:
                     result.quarantined.append((saved, f"torn tail of {path.name} at offset {torn.offset}: "
                                                       f"{torn.reason}"))
         logged += transactions
+        result.files.append(sequence)
+        for rec in transactions:
+            if isinstance(rec, Transaction):
+                file_of.setdefault(rec.ta_id, sequence)
     pending = _fold(logged, result)
     for transaction in pending:
         problem, damaged = _check_content(layout, transaction)
         if problem is None:
             result.transactions[transaction.ta_id] = transaction
+            result.file_of[transaction.ta_id] = file_of[transaction.ta_id]
             continue
         result.done.pop(transaction.ta_id, None)
         result.missing_content.append(transaction.ta_id)
@@ -333,6 +343,50 @@ def _fold(logged: list[object], result: Replay) -> list[Transaction]:
             result.done[ta_id] = finished
         pending.append(transaction)
     return pending
+
+
+# -- removing files no longer needed -------------------------------------------------------
+
+class LogFileUse:
+    """Which IBDB files still hold the record of a transaction that is not complete.
+
+    A file may be removed when it is older than the file being written (so it is sealed,
+    or abandoned), every transaction whose record it holds is complete, and so is every
+    older file. Oldest first, because a file also holds done records (RecipientsDone) of
+    transactions logged in older files: those records matter exactly as long as the older
+    file's transactions are not complete. Without removal IBDB would grow for ever and
+    replay with it. Pure bookkeeping: qmgr tells it what was logged where and what
+    completed, and removes the files it names.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[int, set[str]] = {}     # sequence -> transactions not complete
+        self._file_of: dict[str, int] = {}
+
+    def file(self, sequence: int) -> None:
+        """A file exists (found at replay, or written to)."""
+        self._open.setdefault(sequence, set())
+
+    def logged(self, ta_id: str, sequence: int) -> None:
+        """``ta_id``'s Transaction record is in file ``sequence``."""
+        self.file(sequence)
+        self._open[sequence].add(ta_id)
+        self._file_of[ta_id] = sequence
+
+    def completed(self, ta_id: str) -> None:
+        sequence = self._file_of.pop(ta_id, None)
+        if sequence is not None:
+            self._open[sequence].discard(ta_id)
+
+    def removable(self, current: int) -> list[int]:
+        """The files that may go now (oldest first); they are forgotten here."""
+        gone = []
+        for sequence in sorted(self._open):
+            if sequence >= current or self._open[sequence]:
+                break
+            gone.append(sequence)
+            del self._open[sequence]
+        return gone
 
 
 # -- appending ------------------------------------------------------------------------------
@@ -443,16 +497,17 @@ class IncomingLog:
             except OSError:
                 pass
 
-    def append_batch(self, records: Iterable[object]) -> None:
-        """Append the records and fdatasync once; raises (OSError, ProtocolError, TypeError)
-        if the batch is not durable, in which case none of it will be replayed — unless
-        the file had to be abandoned, see the module documentation."""
+    def append_batch(self, records: Iterable[object]) -> int:
+        """Append the records and fdatasync once; the sequence number of the file they
+        went to. Raises (OSError, ProtocolError, TypeError) if the batch is not durable, in
+        which case none of it will be replayed — unless the file had to be abandoned, see
+        the module documentation."""
         records = list(records)
         for rec in records:
             if not isinstance(rec, LOG_RECORD_TYPES):
                 raise TypeError(f"{type(rec).__name__} does not belong in the incoming log")
         if not records:
-            return
+            return self.sequence
         data = b"".join(pack_record(rec) for rec in records)
         with self._lock:
             if not self._opened:
@@ -460,6 +515,23 @@ class IncomingLog:
             if self._fd is None:
                 self._start()
             self._append(data)
+            return self.sequence
+
+    def remove_files(self, sequences: Iterable[int]) -> None:
+        """Remove old log files that :class:`LogFileUse` says are no longer needed, then
+        sync the directory. Never the file being written. Call from the appending thread."""
+        removed = False
+        with self._lock:
+            for sequence in sequences:
+                if sequence >= self.sequence:
+                    raise ValueError(f"log file {sequence} is not older than the current one")
+                try:
+                    os.unlink(self.layout.ibdb / log_file_name(sequence))
+                    removed = True
+                except FileNotFoundError:
+                    pass
+            if removed:
+                fsync_directories([self.layout.ibdb])
 
     def rotate_if_needed(self) -> None:
         """If the current file is over ``max_file_size``: seal it with End, fdatasync, start
