@@ -113,10 +113,6 @@ def test_t13_null_sender_refused_remotely_is_dropped_without_a_dsn(world) -> Non
 
 
 @needs_sink
-@pytest.mark.xfail(strict=True, reason="qmgr/scheduler.py (the Bounce after a round, ~line 959) emits no "
-                   "Bounce for the null sender, so qmgr/delivery.py never reaches plan_dsn's NoDsn and "
-                   "nothing logs that no DSN was sent and why (T13: 'logged only'); the log shows only "
-                   "'bounced: 500 ...' like any bounce")
 def test_t13_the_log_says_why_no_dsn_was_sent(world) -> None:  # noqa: F811
     world.sink("-f", "RCPT")
     home_and_far(world)

@@ -215,6 +215,9 @@ class DeliveryManager:
             if waiting is not None and action.outcome is Final.BOUNCED:
                 waiting.append(action)
             else:
+                if action.outcome is Final.BOUNCED and self._null_sender(action.ta_id):
+                    # The scheduler sends no Bounce for <> (RFC 5321 §6.1); say so (T13).
+                    log.info("%s: no DSN: the sender is <> (RFC 5321 §6.1)", action.rcpt_id)
                 self._record_done(action)
         elif isinstance(action, RecordDeferred):
             self._record_deferred(action)
@@ -342,6 +345,10 @@ class DeliveryManager:
             self.handle(DeliveryAgentLost())
 
     # -- writing decisions -------------------------------------------------------------------
+
+    def _null_sender(self, ta_id: str) -> bool:
+        transaction = self.manager.incoming.get(ta_id)
+        return transaction is not None and transaction.sender == ""
 
     def _record_done(self, action: RecordDone) -> None:
         ta_id = action.ta_id
