@@ -243,6 +243,12 @@ def test_send_command_refuses_an_answer_that_is_no_control_result(tmp_path) -> N
         conn, _ = listener.accept()
         with conn:
             conn.sendall(frame(Hello(PROTOCOL_VERSION, "qmgr", 1, 0)) + frame(CommitResult("x", True, "")))
+            # Close only after the client has sent its command, or it may see a reset
+            # instead of the wrong answer.
+            conn.settimeout(10)
+            received = b""
+            while len(received) < 2 * 4 + 8 and (chunk := conn.recv(65536)):
+                received += chunk
 
     thread = threading.Thread(target=wrong_peer, daemon=True)
     thread.start()
