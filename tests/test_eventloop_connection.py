@@ -518,3 +518,37 @@ def test_connect_stream_tcp_unix_refused_and_cancelled(tmp_path) -> None:
     listener.close()
     unix_listener.close()
     assert results == {"tcp": (True, ""), "unix": (True, ""), "refused": (False, "Connection refused")}
+
+
+def test_a_pause_without_input_costs_no_selector_change() -> None:
+    """pause_reading()/resume_reading() with no input in between leave the socket
+    registered (no epoll_ctl); input arriving while paused unregisters it and is not read."""
+    loop = EventLoop()
+    calls: list[str] = []
+    selector = loop._selector
+    for name in ("register", "unregister", "modify"):
+        original = getattr(selector, name)
+        setattr(selector, name, lambda *a, _n=name, _o=original, **k: (calls.append(_n), _o(*a, **k))[1])
+    ours, theirs = socket.socketpair()
+    received: list[bytes] = []
+
+    class Collect(Protocol):
+        def data_received(self, data: bytes) -> None:
+            received.append(data)
+
+    conn = Connection(loop, ours, Collect())
+    assert calls == ["register"]
+    conn.pause_reading()
+    conn.resume_reading()
+    conn.pause_reading()
+    assert calls == ["register"]                     # nothing changed in the selector
+    theirs.sendall(b"early")
+    loop._run_once(0.5)
+    assert received == [] and calls == ["register", "unregister"]
+    conn.resume_reading()
+    loop._run_once(0.5)
+    assert received == [b"early"]
+    conn.close()
+    theirs.close()
+    loop._run_once(0)
+    loop.close()

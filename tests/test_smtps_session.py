@@ -168,3 +168,14 @@ def test_commit_waits_and_pipelined_commands_wait_with_it():
     sent = b"".join(e.data for e in later if isinstance(e, Send))
     assert sent.startswith(b"250 2.0.0 S") and sent.endswith(b"250 2.0.0 OK\r\n221 2.0.0 mx.test closing connection\r\n")
     assert isinstance(later[-1], Close)
+
+
+def test_quit_closes_without_lingering_other_ends_linger() -> None:
+    """After QUIT nothing more is due from the client: Close(linger=False). A session ended
+    by the server (a timeout here) lingers, so a pipelining client still reads our 421."""
+    quitter = Client()
+    effects = quitter.session.receive(b"EHLO c.example\r\nQUIT\r\n")
+    assert [e for e in effects if isinstance(e, Close)] == [Close(linger=False)]
+    idle = Client()
+    effects = idle.session.timeout()
+    assert [e for e in effects if isinstance(e, Close)] == [Close(linger=True)]
