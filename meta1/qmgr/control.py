@@ -43,7 +43,6 @@ import os
 import pathlib
 import socket
 
-from meta1.eventloop import Listener, listen_unix
 from meta1.ids import ID_PATTERN
 from meta1.ipc.codec import FrameDecoder, ProtocolError, frame
 from meta1.ipc.records import (PROTOCOL_VERSION, ControlResult, DeleteMessage, FlushQueue, Hello, HoldMessage,
@@ -51,7 +50,7 @@ from meta1.ipc.records import (PROTOCOL_VERSION, ControlResult, DeleteMessage, F
 from meta1.qmgr.scheduler import Delete, Flush, Hold, Release
 from meta1.qmgr.states import State
 from meta1.queue.layout import QueueLayout
-from meta1.runtime.link import RecordLink
+from meta1.runtime.link import LinkServer, RecordLink
 
 log = logging.getLogger("meta1.qmgr")
 
@@ -95,24 +94,14 @@ class ControlServer:
     def __init__(self, manager):
         self.manager = manager
         self.path = control_socket(manager.layout)
-        self.listener: Listener | None = None
-        self.links: set[RecordLink] = set()
+        self.server = LinkServer(manager.loop, self.path, role="qmgr", peer_role=CLIENT_ROLE,
+                                 on_record=self._record, quiet=True)
 
     def start(self) -> None:
-        self.listener = Listener(self.manager.loop, listen_unix(str(self.path)), self._accept)
+        self.server.start()
 
     def stop(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
-        for link in list(self.links):
-            link.close()
-
-    def _accept(self) -> RecordLink:
-        link = RecordLink(self.manager.loop, role="qmgr", peer_role=CLIENT_ROLE, on_record=self._record,
-                          on_lost=lambda link, exc: self.links.discard(link))
-        self.links.add(link)
-        return link
+        self.server.close()
 
     def _record(self, link: RecordLink, record: object) -> None:
         if not isinstance(record, (FlushQueue, HoldMessage, ReleaseMessage, DeleteMessage)):

@@ -35,18 +35,16 @@ import os
 import signal
 import stat
 import time
-from pathlib import Path
 
 from meta1.ids import ID_PATTERN
-from meta1.eventloop import (Connection, EventLoop, GroupCommit, Listener, WorkerPool,
-                             listen_unix)
+from meta1.eventloop import EventLoop, GroupCommit, WorkerPool
 from meta1.ipc.records import Commit, CommitResult, Transaction
 from meta1.qmgr.control import ControlServer
 from meta1.qmgr.delivery import DeliveryManager
 from meta1.queue.cdb import syncfs
 from meta1.queue.ibdb import IncomingLog, LogFileUse, replay
 from meta1.queue.layout import QueueLayout
-from meta1.runtime.link import RecordLink
+from meta1.runtime.link import LinkServer, RecordLink
 from meta1.runtime.process import log_flush_per_iteration
 
 log = logging.getLogger("meta1.qmgr")
@@ -71,7 +69,6 @@ class QueueManager:
         self.ibdb = IncomingLog(self.layout, max_file_size=config.qmgr.IBDB_file_size)
         self.log_use = LogFileUse()
         self.commits: GroupCommit[Transaction] = GroupCommit(self.pool, self._flush, name="ibdb")
-        self.links: set[RecordLink] = set()
         self.failed: dict[str, str] = {}
         self.syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="qmgr-sync")
         self.sync_filesystem = config.qmgr.content_sync == "filesystem"
@@ -80,7 +77,8 @@ class QueueManager:
             self.sync_filesystem = False
         self.root_fd = os.open(self.layout.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.directory_fds: dict[str, int] = {}
-        self.listener: Listener | None = None
+        self.smtps = LinkServer(self.loop, self.layout.smtps_socket, role="qmgr", peer_role="smtps",
+                                on_record=self._record)
         self.stopping = False
         self.replayed = None
         self.delivery = DeliveryManager(self, config)
@@ -258,21 +256,9 @@ class QueueManager:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _accept(self) -> RecordLink:
-        link = RecordLink(self.loop, role="qmgr", peer_role="smtps",
-                          on_ready=lambda link: log.info("smtps connected (pid %d)", link.peer.pid),
-                          on_record=self._record, on_lost=self._lost)
-        self.links.add(link)
-        return link
-
-    def _lost(self, link: RecordLink, exc: BaseException | None) -> None:
-        self.links.discard(link)
-        if link.peer is not None:
-            log.info("smtps (pid %d) disconnected", link.peer.pid)
-
     def start(self) -> None:
         self.recover()
-        self.listener = Listener(self.loop, listen_unix(str(self.layout.smtps_socket)), self._accept)
+        self.smtps.start()
         self.delivery.start()
         self.control.start()
         self.delivery.replay(self.incoming, self.replayed.done, self.replayed.completed)
@@ -286,8 +272,7 @@ class QueueManager:
             return
         self.stopping = True
         log.info("shutting down")
-        if self.listener is not None:
-            self.listener.close()
+        self.smtps.stop_listening()
         self.control.stop()
         self.delivery.stop()
         self._stop_when_flushed()
@@ -298,8 +283,7 @@ class QueueManager:
         # Called at shutdown and after every commit answered while stopping.
         if self.commits.in_flight or self.commits.waiting:
             return
-        for link in list(self.links):
-            link.close()
+        self.smtps.close()
         self.loop.call_soon(self.loop.stop)
 
     def run(self) -> None:

@@ -42,7 +42,7 @@ import os
 import time
 from collections import deque
 
-from meta1.eventloop import GroupCommit, Listener, WorkerPool, listen_unix
+from meta1.eventloop import GroupCommit, WorkerPool
 from meta1.ids import IdGenerator
 from meta1.ipc.records import (Delivery, DeliveryResult, IdleClosed, RecipientsDone, Recipient, RouteRequest,
                                RouteResult, Target, Transaction)
@@ -56,7 +56,7 @@ from meta1.queue.cdb import ContentWriter, iter_content
 from meta1.queue.defedb import (DeferredRecipient, DeferredTransaction, PutRecipient, PutTransaction,
                                 RecipientState, RemoveRecipient, RemoveTransaction, open_defedb)
 from meta1.queue.idstate import IdState
-from meta1.runtime.link import LinkClient, RecordLink
+from meta1.runtime.link import LinkClient, LinkServer, RecordLink
 from meta1.runtime.process import local_hostname
 
 log = logging.getLogger("meta1.qmgr")
@@ -126,10 +126,11 @@ class DeliveryManager:
         self.route_requests: dict[int, str] = {}       # sent to smar: request id -> next hop
         self.routes_unsent: list[str] = []
         self._request_ids = iter(range(1, 1 << 62))
-        self.smtpc_links: list[RecordLink] = []
         self.in_flight: dict[int, tuple[RecordLink, Transaction]] = {}
         self.unsent: deque[Delivery] = deque()
-        self.listener: Listener | None = None
+        self.smtpc = LinkServer(self.loop, self.layout.smtpc_socket, role="qmgr", peer_role="smtpc",
+                                on_record=self._smtpc_record, on_ready=self._smtpc_ready,
+                                on_lost=self._smtpc_lost)
         self.kinds: dict[str, MessageKind] = {}
         self.in_defedb: set[str] = set()               # transactions with a DEFEDB row
         self.bounced_waiting: dict[str, list[RecordDone]] = {}
@@ -288,14 +289,7 @@ class DeliveryManager:
 
     # -- smtpc -------------------------------------------------------------------------------
 
-    def accept_smtpc(self) -> RecordLink:
-        link = RecordLink(self.loop, role="qmgr", peer_role="smtpc", on_ready=self._smtpc_ready,
-                          on_record=self._smtpc_record, on_lost=self._smtpc_lost)
-        return link
-
     def _smtpc_ready(self, link: RecordLink) -> None:
-        log.info("smtpc connected (pid %d)", link.peer.pid)
-        self.smtpc_links.append(link)
         while self.unsent:
             self._send_delivery(self.unsent.popleft())
 
@@ -310,7 +304,7 @@ class DeliveryManager:
         self._send_delivery(Delivery(action.delivery_id, cut, targets, lmtp, action.reuse))
 
     def _send_delivery(self, delivery: Delivery) -> None:
-        links = [link for link in self.smtpc_links if link.ready]
+        links = [link for link in self.smtpc.links if link.ready]
         if not links:
             self.unsent.append(delivery)
             return
@@ -335,9 +329,6 @@ class DeliveryManager:
             link.close()
 
     def _smtpc_lost(self, link: RecordLink, exc: BaseException | None) -> None:
-        if link in self.smtpc_links:
-            self.smtpc_links.remove(link)
-            log.info("smtpc (pid %d) disconnected", link.peer.pid)
         lost = [i for i, (owner, _) in self.in_flight.items() if owner is link]
         for delivery_id in lost:
             del self.in_flight[delivery_id]
@@ -489,17 +480,14 @@ class DeliveryManager:
     # -- running -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.listener = Listener(self.loop, listen_unix(str(self.layout.smtpc_socket)), self.accept_smtpc)
+        self.smtpc.start()
         self.smar.start()
 
     def stop(self) -> None:
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
-        if self.listener is not None:
-            self.listener.close()
-        for link in list(self.smtpc_links):
-            link.close()
+        self.smtpc.close()
         self.smar.stop()
 
     def close(self) -> None:

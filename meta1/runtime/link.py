@@ -23,7 +23,7 @@ import logging
 import os
 from typing import Callable
 
-from meta1.eventloop import Connection, EventLoop, Protocol, connect_unix
+from meta1.eventloop import Connection, EventLoop, Listener, Protocol, connect_unix, listen_unix
 from meta1.ipc.codec import FrameDecoder, ProtocolError, frame
 from meta1.ipc.records import PROTOCOL_VERSION, Hello, handshake_check
 
@@ -187,3 +187,64 @@ class LinkClient:
             self.on_lost(link, exc)
         if not self._stopped:
             self._retry(f"{self.peer_role} not reachable")
+
+
+class LinkServer:
+    """The listening end of record links (the counterpart of :class:`LinkClient`).
+
+    qmgr listens for smtps, smtpc and qmgrctl, smar for qmgr: one UNIX socket each, one
+    :class:`RecordLink` per peer that connects, kept in ``links`` (in connection order)
+    until it is lost. Connects and disconnects of peer daemons are logged (``quiet``
+    for short-lived command-line peers). ``on_record``, ``on_ready`` and ``on_lost`` are
+    the owner's; ``on_lost`` runs after the link has left ``links``.
+    """
+
+    def __init__(self, loop: EventLoop, socket_path, *, role: str, peer_role: str,
+                 on_record: Callable[[RecordLink, object], None],
+                 on_ready: Callable[[RecordLink], None] | None = None,
+                 on_lost: Callable[[RecordLink, BaseException | None], None] | None = None,
+                 quiet: bool = False):
+        self.loop = loop
+        self.socket_path = socket_path
+        self.role = role
+        self.peer_role = peer_role
+        self.on_record = on_record
+        self.on_ready = on_ready
+        self.on_lost = on_lost
+        self.quiet = quiet
+        self.links: list[RecordLink] = []
+        self.listener: Listener | None = None
+
+    def start(self) -> None:
+        self.listener = Listener(self.loop, listen_unix(str(self.socket_path)), self._accept)
+
+    def stop_listening(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+
+    def close(self) -> None:
+        """Stop listening and close every link (what was sent on them is written first)."""
+        self.stop_listening()
+        for link in list(self.links):
+            link.close()
+
+    def _accept(self) -> RecordLink:
+        link = RecordLink(self.loop, role=self.role, peer_role=self.peer_role, on_ready=self._ready,
+                          on_record=self.on_record, on_lost=self._lost)
+        self.links.append(link)
+        return link
+
+    def _ready(self, link: RecordLink) -> None:
+        if not self.quiet:
+            log.info("%s connected (pid %d)", self.peer_role, link.peer.pid)
+        if self.on_ready is not None:
+            self.on_ready(link)
+
+    def _lost(self, link: RecordLink, exc: BaseException | None) -> None:
+        if link in self.links:
+            self.links.remove(link)
+        if link.peer is not None and not self.quiet:
+            log.info("%s (pid %d) disconnected", self.peer_role, link.peer.pid)
+        if self.on_lost is not None:
+            self.on_lost(link, exc)

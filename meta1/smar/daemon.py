@@ -30,10 +30,10 @@ import ipaddress
 import logging
 import signal
 
-from meta1.eventloop import EventLoop, Listener, listen_unix
+from meta1.eventloop import EventLoop
 from meta1.ipc.records import Exchanger, RouteRequest, RouteResult
 from meta1.queue.layout import QueueLayout
-from meta1.runtime.link import RecordLink
+from meta1.runtime.link import LinkServer, RecordLink
 from meta1.runtime.process import log_flush_per_iteration
 from meta1.smar.cache import TtlCache
 from meta1.smar.nameservers import RESOLV_CONF, load_resolver_settings
@@ -79,20 +79,8 @@ class AddressResolver:
         settings = load_resolver_settings(config.smar, resolv_conf)   # NoNameserverError: B62
         self.nameservers = settings.nameservers
         self.resolver = Resolver.from_settings(self.loop, settings, cache=TtlCache())
-        self.listener: Listener | None = None
-        self.links: set[RecordLink] = set()
-
-    def _accept(self) -> RecordLink:
-        link = RecordLink(self.loop, role="smar", peer_role="qmgr",
-                          on_ready=lambda link: log.info("qmgr connected (pid %d)", link.peer.pid),
-                          on_record=self._record, on_lost=self._lost)
-        self.links.add(link)
-        return link
-
-    def _lost(self, link: RecordLink, exc: BaseException | None) -> None:
-        self.links.discard(link)
-        if link.peer is not None:
-            log.info("qmgr (pid %d) disconnected", link.peer.pid)
+        self.qmgr = LinkServer(self.loop, self.layout.smar_socket, role="smar", peer_role="qmgr",
+                               on_record=self._record)
 
     def _record(self, link: RecordLink, record: object) -> None:
         if not isinstance(record, RouteRequest):
@@ -113,7 +101,7 @@ class AddressResolver:
         self.resolver.resolve_mx(record.domain, answer)
 
     def start(self) -> None:
-        self.listener = Listener(self.loop, listen_unix(str(self.layout.smar_socket)), self._accept)
+        self.qmgr.start()
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.shutdown)
         log.info("ready: nameservers %s; qmgr socket %s",
@@ -121,10 +109,7 @@ class AddressResolver:
 
     def shutdown(self) -> None:
         log.info("shutting down")
-        if self.listener is not None:
-            self.listener.close()
-        for link in list(self.links):
-            link.close()
+        self.qmgr.close()
         self.loop.call_soon(self.loop.stop)
 
     def run(self) -> None:
