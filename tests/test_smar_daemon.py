@@ -13,11 +13,11 @@ import pytest
 from conftest import REPO
 from dnsserver import DnsServer, Fault
 from meta1.config.loader import load_text
-from meta1.ipc.codec import FrameDecoder, frame
-from meta1.ipc.records import PROTOCOL_VERSION, Exchanger, Hello, RouteRequest, RouteResult
+from meta1.ipc.records import Exchanger, RouteRequest, RouteResult
 from meta1.smar.daemon import AddressResolver
 from meta1.smar.nameservers import NoNameserverError
 from mta import wait_for
+from record_peer import RecordPeer
 
 ZONES = {
     "example.test": {"MX": ["10 mx1.example.test", "20 mx2.example.test"]},
@@ -38,30 +38,6 @@ def start_smar(tmp_path, smar_section: str) -> tuple[subprocess.Popen, object]:
     return proc, tmp_path / "queue" / "smar" / "smarqmgr"
 
 
-class QmgrSide:
-    """A blocking stand-in for qmgr's end of the link."""
-
-    def __init__(self, path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(20)
-        self.sock.connect(str(path))
-        self.decoder = FrameDecoder()
-        self.pending: list[object] = []
-        self.sock.sendall(frame(Hello(PROTOCOL_VERSION, "qmgr", os.getpid(), 0)))
-        hello = self.read()
-        assert isinstance(hello, Hello) and hello.role == "smar"
-
-    def read(self) -> object:
-        while not self.pending:
-            data = self.sock.recv(65536)
-            assert data, "smar closed the link"
-            self.pending += self.decoder.feed(data)
-        return self.pending.pop(0)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def smar(tmp_path):
     with DnsServer(ZONES) as dns_server:
@@ -70,7 +46,9 @@ def smar(tmp_path):
         try:
             wait_for(lambda: path.exists() or proc.poll() is not None, what="smar's socket")
             assert proc.poll() is None, (tmp_path / "smar.log").read_text()
-            side = QmgrSide(path)
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(path))
+            side = RecordPeer(sock, role="qmgr", expect="smar")
             yield side, dns_server
             side.close()
         finally:
@@ -83,7 +61,7 @@ def test_routes_are_answered_by_request_id_from_dns(smar) -> None:
     dns_server.fault("null.test", Fault.DELAY, delay=0.3)   # answered after the others
     for request_id, domain in enumerate(["null.test", "example.test", "nomx.test", "gone.test",
                                          "[127.0.0.9]", "[IPv6:::1]", "[not-an-ip]"]):
-        side.sock.sendall(frame(RouteRequest(request_id, domain)))
+        side.send((RouteRequest(request_id, domain)))
     results = {}
     while len(results) < 7:
         result = side.read()
@@ -103,7 +81,7 @@ def test_routes_are_answered_by_request_id_from_dns(smar) -> None:
 def test_servfail_is_temporary(smar) -> None:
     side, dns_server = smar
     dns_server.fault("example.test", Fault.SERVFAIL)
-    side.sock.sendall(frame(RouteRequest(7, "example.test")))
+    side.send((RouteRequest(7, "example.test")))
     result = side.read()
     assert (result.request_id, result.outcome, result.status) == (7, "temporary", "4.4.3")
 

@@ -11,10 +11,10 @@ import sys
 import pytest
 
 from conftest import REPO
-from meta1.ipc.codec import FrameDecoder, frame
-from meta1.ipc.records import PROTOCOL_VERSION, Delivery, DeliveryResult, Hello, Target
+from meta1.ipc.records import Delivery, DeliveryResult, Target
 from meta1.queue.layout import QueueLayout
 from mta import free_port
+from record_peer import RecordPeer
 from test_queue_support import store
 from test_smtpc_interop import _wait_dumps, needs_sink, sink  # noqa: F401 (fixture)
 
@@ -22,35 +22,28 @@ CONTENT = b"From: a@example.org\r\nSubject: smtpc daemon\r\n\r\n.leading dot\r\n
 
 
 class QmgrStandIn:
-    """qmgr's end of the smtpc link: listens, greets, sends deliveries, reads results."""
+    """qmgr's listening end of the smtpc link."""
 
     def __init__(self, layout: QueueLayout) -> None:
         self.server = socket.socket(socket.AF_UNIX)
         self.server.bind(str(layout.smtpc_socket))
         self.server.listen(1)
         self.server.settimeout(30)
-        self.decoder = FrameDecoder()
-        self.pending: list[object] = []
-        self.sock: socket.socket | None = None
+        self.peer: RecordPeer | None = None
 
     def accept(self) -> None:
-        self.sock, _ = self.server.accept()
-        self.sock.settimeout(30)
-        self.sock.sendall(frame(Hello(PROTOCOL_VERSION, "qmgr", os.getpid(), 0)))
-        hello = self.read()
-        assert isinstance(hello, Hello) and hello.role == "smtpc"
+        self.peer = RecordPeer(self.server.accept()[0], role="qmgr", expect="smtpc")
+
+    def send(self, record: object) -> None:
+        self.peer.send(record)
 
     def read(self) -> object:
-        while not self.pending:
-            data = self.sock.recv(65536)
-            assert data, "smtpc closed the link"
-            self.pending += self.decoder.feed(data)
-        return self.pending.pop(0)
+        return self.peer.read()
 
     def close(self) -> None:
-        for s in (self.sock, self.server):
-            if s is not None:
-                s.close()
+        if self.peer is not None:
+            self.peer.close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -81,7 +74,7 @@ def test_delivery_falls_back_past_a_dead_address_and_arrives_byte_identical(smtp
     dead_port = free_port()
     targets = (Target("mx1.example.test", "127.0.0.2", dead_port, 10),
                Target("mx2.example.test", "127.0.0.1", server.port, 20))
-    qmgr.sock.sendall(frame(Delivery(7, transaction, targets, False, False)))
+    qmgr.send((Delivery(7, transaction, targets, False, False)))
     result = qmgr.read()
     assert isinstance(result, DeliveryResult) and result.delivery_id == 7
     assert [(r.rcpt_id, r.code) for r in result.results] == [(r.rcpt_id, 250) for r in transaction.recipients]
@@ -92,7 +85,7 @@ def test_delivery_falls_back_past_a_dead_address_and_arrives_byte_identical(smtp
 
     # The next delivery to the same address reuses the open connection (qmgr says so).
     second = store(layout, 2, content=CONTENT)
-    qmgr.sock.sendall(frame(Delivery(8, second, targets[1:], False, True)))
+    qmgr.send((Delivery(8, second, targets[1:], False, True)))
     result = qmgr.read()
     assert (result.delivery_id, [r.code for r in result.results], result.tried) == (8, [250], ("127.0.0.1",))
     assert result.kept_open
@@ -102,7 +95,7 @@ def test_delivery_falls_back_past_a_dead_address_and_arrives_byte_identical(smtp
 def test_no_reachable_address_is_a_temporary_result(smtpc) -> None:
     layout, qmgr = smtpc
     transaction = store(layout, 3, content=CONTENT)
-    qmgr.sock.sendall(frame(Delivery(9, transaction, (Target("mx.example.test", "127.0.0.1", free_port(), 0),),
+    qmgr.send((Delivery(9, transaction, (Target("mx.example.test", "127.0.0.1", free_port(), 0),),
                                      False, False)))
     result = qmgr.read()
     [recipient] = result.results
