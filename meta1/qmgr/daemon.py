@@ -45,7 +45,7 @@ from meta1.queue.cdb import syncfs
 from meta1.queue.ibdb import IncomingLog, LogFileUse, replay
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkServer, RecordLink
-from meta1.runtime.process import log_flush_per_iteration
+from meta1.runtime.process import run_loop
 
 log = logging.getLogger("meta1.qmgr")
 
@@ -288,19 +288,17 @@ class QueueManager:
 
     def run(self) -> None:
         self.start()
-        try:
-            with log_flush_per_iteration(self.loop):
-                self.loop.run()
-        finally:
-            self.pool.shutdown(wait=True)
-            self.syncers.shutdown(wait=True)
-            self.delivery.close()
-            self.ibdb.close()
-            for fd in self.directory_fds.values():
-                os.close(fd)
-            os.close(self.root_fd)
-            os.close(self.lock_fd)
-            log.info("stopped")
+        run_loop(self.loop, self._close, log)
+
+    def _close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.syncers.shutdown(wait=True)
+        self.delivery.close()
+        self.ibdb.close()
+        for fd in self.directory_fds.values():
+            os.close(fd)
+        os.close(self.root_fd)
+        os.close(self.lock_fd)
 
 
 def serve(config) -> int:

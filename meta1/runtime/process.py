@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 EX_OK = 0
 EX_SOFTWARE = 70
@@ -66,6 +66,17 @@ def log_flush_per_iteration(loop) -> Iterator[None]:
     finally:
         for handler in handlers:
             handler.defer_to(None)
+
+
+def run_loop(loop, cleanup: Callable[[], None], log: logging.Logger) -> None:
+    """Run a daemon's started ``loop`` until it stops, its log lines written once per
+    iteration; then ``cleanup()`` (also after an exception), then log "stopped"."""
+    try:
+        with log_flush_per_iteration(loop):
+            loop.run()
+    finally:
+        cleanup()
+        log.info("stopped")
 
 
 class _LogHandler(logging.StreamHandler):

@@ -34,7 +34,7 @@ from meta1.eventloop import EventLoop
 from meta1.ipc.records import Exchanger, RouteRequest, RouteResult
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkServer, RecordLink
-from meta1.runtime.process import log_flush_per_iteration
+from meta1.runtime.process import run_loop
 from meta1.smar.cache import TtlCache
 from meta1.smar.nameservers import RESOLV_CONF, load_resolver_settings
 from meta1.smar.plans import MxResult
@@ -114,12 +114,7 @@ class AddressResolver:
 
     def run(self) -> None:
         self.start()
-        try:
-            with log_flush_per_iteration(self.loop):
-                self.loop.run()
-        finally:
-            self.resolver.close()
-            log.info("stopped")
+        run_loop(self.loop, self.resolver.close, log)
 
 
 def serve(config) -> int:

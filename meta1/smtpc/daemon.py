@@ -44,7 +44,7 @@ from meta1.ipc.records import Delivery, DeliveryResult, IdleClosed, RecipientRes
 from meta1.queue.cdb import iter_content
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkClient, RecordLink
-from meta1.runtime.process import local_hostname, log_flush_per_iteration
+from meta1.runtime.process import local_hostname, run_loop
 from meta1.smtp.replies import Reply
 from meta1.smtp.text import printable
 from meta1.smtpc import session as sessions
@@ -398,11 +398,7 @@ class MailClient:
 
     def run(self) -> None:
         self.start()
-        try:
-            with log_flush_per_iteration(self.loop):
-                self.loop.run()
-        finally:
-            log.info("stopped")
+        run_loop(self.loop, lambda: None, log)
 
 
 def serve(config) -> int:

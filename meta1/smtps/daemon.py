@@ -53,7 +53,7 @@ from meta1.queue.cdb import ContentWriter
 from meta1.queue.idstate import IdState
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkClient, RecordLink
-from meta1.runtime.process import local_hostname, log_flush_per_iteration
+from meta1.runtime.process import local_hostname, run_loop
 from meta1.smtp import R
 from meta1.ids import IdGenerator, IdUnavailable
 from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenContent, Send,
@@ -474,13 +474,11 @@ class SmtpServer:
 
     def run(self) -> None:
         self.start()
-        try:
-            with log_flush_per_iteration(self.loop):
-                self.loop.run()
-        finally:
-            self.qmgr.stop()
-            self.opener.shutdown(wait=True)
-            log.info("stopped")
+        run_loop(self.loop, self._close, log)
+
+    def _close(self) -> None:
+        self.qmgr.stop()
+        self.opener.shutdown(wait=True)
 
 
 def serve(config, name: str | None = None, instance: int = 0, *,
