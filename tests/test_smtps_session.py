@@ -84,8 +84,20 @@ def test_dot_stuffing_round_trip_in_any_segmentation(body, cuts):
     client = Client()
     client.send(ENVELOPE + b"DATA\r\n", *segments(stuff(body), cuts))
     (transaction, content), = client.commits
-    assert strip_received(content)[1] == body
+    # Compared with the Received header of the same session for a known body: a body
+    # whose first line starts with white space would look like a continuation of it.
+    header = our_received_header()
+    assert content[:len(header)] == header and content[len(header):] == body
     assert transaction.size == len(content)
+
+
+def our_received_header() -> bytes:
+    """The Received header a fresh Client's first transaction gets (fixed services)."""
+    client = Client()
+    client.send(ENVELOPE + b"DATA\r\n", stuff(b"x\r\n"))
+    (_, content), = client.commits
+    assert content.endswith(b"\r\nx\r\n")
+    return content[:-len(b"x\r\n")]
 
 
 def test_a_long_content_line_in_segments_without_lf_is_content():
