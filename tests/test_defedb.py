@@ -128,6 +128,25 @@ def test_the_last_recipient_removed_removes_its_transaction(db) -> None:
     assert db.apply([RemoveTransaction(ta_id(2)), RemoveRecipient(ta_id(3), 0)]) == ()  # gone already: no-ops
 
 
+def test_a_held_transaction_stays_without_recipients(db) -> None:
+    """The row keeps the hold (qmgrctl hold): removing its last recipient leaves it;
+    only RemoveTransaction ends it."""
+    db.apply([PutTransaction(envelope(1, nrcpts=1, held=True)), PutRecipient(recipient(1, 0))])
+    assert db.apply([RemoveRecipient(ta_id(1), 0)]) == ()
+    assert db.transaction(ta_id(1)).held and db.recipients(ta_id(1)) == ()
+    assert db.apply([RemoveTransaction(ta_id(1))]) == (ta_id(1),)
+
+
+def test_a_transaction_removed_with_its_last_recipient_is_written_again_with_the_next(db) -> None:
+    """qmgr writes the envelope with every deferral: a recipient deferred after its
+    sibling's delivery removed the transaction row still has its transaction."""
+    db.apply(put(1, nrcpts=2)[:2])
+    assert db.apply([RemoveRecipient(ta_id(1), 0)]) == (ta_id(1),)
+    db.apply([PutTransaction(envelope(1, nrcpts=2)), PutRecipient(recipient(1, 1))])
+    [(ta, rcpts)] = db.load()
+    assert ta.ta_id == ta_id(1) and [r.index for r in rcpts] == [1]
+
+
 def test_a_transaction_emptied_and_refilled_in_one_batch_stays(db) -> None:
     db.apply(put(1, nrcpts=1))
     assert db.apply([RemoveRecipient(ta_id(1), 0), PutRecipient(recipient(1, 1))]) == ()

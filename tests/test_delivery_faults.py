@@ -182,10 +182,8 @@ def test_t61_per_recipient_mix_in_one_transaction(world) -> None:  # noqa: F811
     assert [e["id"] for e in world.mta.mailq()] and len(far.transactions) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="qmgr/delivery.py DeliveryManager._bounce builds RecipientReport "
-                   "without remote_mta: a DSN for a remote 5xx has no Remote-MTA field (RFC 3464 §2.3.5 "
-                   "MUST); DeliveryResult.address is not kept for the report")
 def test_t61_dsn_for_a_remote_refusal_names_the_remote_mta(world) -> None:  # noqa: F811
+    """RFC 3464 §2.3.5: a DSN about an attempt over SMTP names the MTA that answered."""
     world.peer(host="127.0.0.1")
     home = world.peer(host="::1")
     home_and_far(world)
@@ -193,7 +191,29 @@ def test_t61_dsn_for_a_remote_refusal_names_the_remote_mta(world) -> None:  # no
     world.send(SENDER, ["r550-never@far.test"], MESSAGE)
     [dsn] = only_dsn(home)
     [report] = dsn_reports(dsn.content)
-    assert "remote-mta" in report and "127.0.0.1" in report["remote-mta"] + report.get("diagnostic-code", "")
+    assert report["remote-mta"] == "dns; mx.far.test"
+    assert report["diagnostic-code"].startswith("smtp; 550 ")
+    assert "mx.far.test said: 550 " in dsn.content.decode()
+
+
+def test_a_delay_warning_is_sent_once_and_the_recipient_stays_queued(world) -> None:  # noqa: F811
+    """qmgr ``delay_warning``: the sender of a recipient still deferred when the message is
+    that old gets one "delayed" DSN (RFC 3464 Action: delayed, headers only, the remote MTA
+    and the retry deadline named); later deferrals send no second one."""
+    world.peer(host="127.0.0.1")
+    home = world.peer(host="::1")
+    home_and_far(world)
+    world.start(qmgr="min_queue_delay = 1s; max_queue_delay = 1s; delay_warning = 1s;")
+    world.send(SENDER, ["r450-later@far.test"], MESSAGE)
+    [warning] = only_dsn(home)
+    [report] = dsn_reports(warning.content)
+    assert report["action"] == "delayed" and report["status"] == "4.1.0"
+    assert report["remote-mta"] == "dns; mx.far.test" and "will-retry-until" in report
+    assert b"text/rfc822-headers" in warning.content and MESSAGE not in warning.content
+    wait_for(lambda: [n for _, n, _, _ in world.deferred()] in ([3], [4], [5]), timeout=WAIT,
+             what="two more deferrals after the warning")
+    assert len(home.transactions) == 1 and len(world.mta.mailq()) == 1
+    assert world.mta.log("qmgr").count("delay warning") == 1
 
 
 # --- MX fallback -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ recipients then wait in the scheduler for their route, where hold and delete act
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import threading
@@ -95,6 +96,35 @@ def test_a_held_message_waits_until_released(relay) -> None:  # noqa: F811
 
     released = qmgrctl(mta, "release", held_id)
     assert released.returncode == 0 and released.stdout == f"{held_id}: released\n"
+    dumps = _wait_dumps(server, 2)
+    assert sorted(f["X-Rcpt-Args"][0] for f, _ in dumps) == ["<free@example.test>", "<held@example.test>"]
+    wait_for(lambda: not mta.content_files(), what="the released message to leave the queue")
+    assert mta.mailq() == []
+
+
+@needs_sink
+def test_a_hold_survives_a_restart_of_qmgr(relay) -> None:  # noqa: F811
+    """The hold is in DEFEDB: after a restart mailq shows it and nothing is delivered until
+    the release — also for a message none of whose recipients was ever tried."""
+    mta, server = relay()
+    without_smar(mta)
+    send(mta, "sender@example.test", ["held@example.test"])
+    held_id = queued_id(mta)
+    assert qmgrctl(mta, "hold", held_id).returncode == 0
+    wait_for(lambda: mta.mailq()[0]["held"], what="the hold in DEFEDB")
+    assert mta.kill("qmgr", signal.SIGTERM) == 0
+    mta.wait_linked(qmgr_pid=mta.spawn("qmgr").pid)
+    mta.spawn("smar")
+    mta.wait_log("qmgr", "connected to smar")
+    send(mta, "sender@example.test", ["free@example.test"])   # the route is there: this goes out
+    [(fields, _)] = _wait_dumps(server, 1)
+    assert fields["X-Rcpt-Args"] == ["<free@example.test>"]
+    [entry] = wait_for(lambda: [e for e in mta.mailq()] if len(mta.mailq()) == 1 else None,
+                       what="only the held message left")
+    assert entry["id"] == held_id and entry["held"] is True
+    assert entry["recipients"][0]["state"] == "held"
+
+    assert qmgrctl(mta, "release", held_id).stdout == f"{held_id}: released\n"
     dumps = _wait_dumps(server, 2)
     assert sorted(f["X-Rcpt-Args"][0] for f, _ in dumps) == ["<free@example.test>", "<held@example.test>"]
     wait_for(lambda: not mta.content_files(), what="the released message to leave the queue")

@@ -104,7 +104,8 @@ def test_two_processes_share_the_listen_socket(tmp_path):
         assert (mta.queue / "smtps" / "idstate").exists()
         mta.kill("smtps", signal.SIGTERM)
         assert mta.procs["smtps"].returncode == 0
-        assert mta.log("smtps").count(": stopped") == 2      # the parent waited for its child
+        log = mta.log("smtps")
+        assert log.count(": stopped") == 2, log      # the parent waited for its child
 
 
 def test_content_sync_files_mode(tmp_path):

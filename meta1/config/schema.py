@@ -337,6 +337,9 @@ QMGR = SectionSpec(
         OptionSpec("max_queue_delay", Interval(1), 3600, "Longest delay between two retries.", EXT),
         OptionSpec("queue_lifetime", Interval(1), 5 * 86400,
                    "A recipient not delivered within this time is bounced (RFC 5321 §4.5.4.1: 4-5 days).", EXT),
+        OptionSpec("delay_warning", Interval(0), 0,
+                   "Age of a message at which the sender of a deferred recipient gets one "
+                   "'delayed' DSN (RFC 3464); 0: never.", EXT),
         OptionSpec("config_map", Reference("map"), NOT_SET,
                    "Map of per-IP limits (oci:, ocm:, ocr:, oct:, icm:, icr: tags).", R,
                    unset_means="no per-IP limits beyond the smtpc section's"),

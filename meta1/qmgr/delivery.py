@@ -22,8 +22,20 @@ Where each decision goes (durability, DESIGN.md "Message life")
       ``dsn`` or ``double-bounce``, D-DLV-5); the ``RecipientsDone`` of the bounced
       recipients are requested only when that commit succeeded, so a DSN is never lost
       while its recipients count as done. A crash in between gives one duplicate DSN.
+      A DSN that cannot be queued (disk full) leaves the recipients without done records
+      and keeps the content: the restart's replay delivers and bounces them again.
+    * ``DelayWarning`` → a "delayed" DSN (RFC 3464 Action: delayed) queued the same way;
+      the recipients stay deferred. One that cannot be queued is logged and not retried.
+    * ``RecordHold`` → the transaction's envelope in DEFEDB with ``held`` set or cleared, so
+      a hold survives a restart (``mailq`` shows it). Every DEFEDB write of an envelope
+      carries the current hold.
     * ``TransactionDone`` → when every done record of the transaction is durable, its
       content file is removed (off the loop) and its DEFEDB rows with it.
+
+Remote-MTA
+    A recipient's reply from a server goes to the scheduler with the exchanger's name
+    (the host of the ``Target`` smtpc reached), kept in DEFEDB with the reply, and named in
+    the DSN's Remote-MTA field (RFC 3464 §2.3.5: MUST for an attempt over SMTP).
 
 Peers
     smar: qmgr connects (``smar/smarqmgr``, LinkClient, D-DLV-1). Route requests made
@@ -41,6 +53,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 
 from meta1.eventloop import GroupCommit, WorkerPool
 from meta1.ids import IdGenerator
@@ -126,13 +139,14 @@ class DeliveryManager:
         self.route_requests: dict[int, str] = {}       # sent to smar: request id -> next hop
         self.routes_unsent: list[str] = []
         self._request_ids = iter(range(1, 1 << 62))
-        self.in_flight: dict[int, tuple[RecordLink, Transaction]] = {}
+        self.in_flight: dict[int, tuple[RecordLink, Delivery]] = {}
         self.unsent: deque[Delivery] = deque()
         self.smtpc = LinkServer(self.loop, self.layout.smtpc_socket, role="qmgr", peer_role="smtpc",
                                 on_record=self._smtpc_record, on_ready=self._smtpc_ready,
                                 on_lost=self._smtpc_lost)
         self.kinds: dict[str, MessageKind] = {}
         self.in_defedb: set[str] = set()               # transactions with a DEFEDB row
+        self.held: set[str] = set()                    # transactions held (qmgrctl hold)
         self.bounced_waiting: dict[str, list[RecordDone]] = {}
         self.writes_pending: dict[str, int] = {}        # done records not yet durable, per ta
         self.completing: set[str] = set()
@@ -165,7 +179,7 @@ class DeliveryManager:
             else:
                 last = f"{state.reply_code or 451} {state.status or '4.0.0'} {state.reply_text or ''}".strip()
                 entries.append(RecipientEntry(recipient.rcpt_id, nexthop, state.attempts, state.next_try,
-                                              last, state.warned))
+                                              last, state.warned, state.remote_mta or ""))
         return tuple(entries)
 
     def nexthop(self, address: str) -> str:
@@ -201,6 +215,8 @@ class DeliveryManager:
             envelope, recipients = deferred.get(ta_id, (None, {}))
             if envelope is not None:
                 self.kinds[ta_id] = envelope.kind
+                if envelope.held:
+                    self.held.add(ta_id)
             self.arrived(transaction, frozenset(done.get(ta_id, ())), recipients,
                          held=envelope.held if envelope is not None else False)
 
@@ -228,10 +244,9 @@ class DeliveryManager:
             self.completing.add(action.ta_id)
             self._maybe_complete(action.ta_id)
         elif isinstance(action, DelayWarning):
-            log.info("%s: delay warning not sent (not built yet): %d recipients", action.ta_id,
-                     len(action.recipients))
+            self._warn(action)
         elif isinstance(action, RecordHold):
-            log.info("%s: %s", action.ta_id, "held" if action.held else "released")
+            self._record_hold(action)
 
     def _arm_timer(self) -> None:
         if self.timer is not None:
@@ -309,15 +324,18 @@ class DeliveryManager:
             self.unsent.append(delivery)
             return
         link = links[delivery.delivery_id % len(links)]
-        self.in_flight[delivery.delivery_id] = (link, delivery.transaction)
+        self.in_flight[delivery.delivery_id] = (link, delivery)
         link.send(delivery)
 
     def _smtpc_record(self, link: RecordLink, record: object) -> None:
         if isinstance(record, DeliveryResult):
-            if self.in_flight.pop(record.delivery_id, None) is None:
+            _, delivery = self.in_flight.pop(record.delivery_id, (None, None))
+            if delivery is None:
                 log.error("smtpc reported delivery %d, which is not in flight", record.delivery_id)
                 return
-            outcomes = tuple(RecipientOutcome(r.rcpt_id, _status(r.code), f"{r.code} {r.status} {r.text}".strip())
+            remote = next((t.host for t in delivery.targets if t.address == record.address), record.address)
+            outcomes = tuple(RecipientOutcome(r.rcpt_id, _status(r.code), f"{r.code} {r.status} {r.text}".strip(),
+                                              remote if record.address else "")
                              for r in record.results)
             failed = tuple(a for a in dict.fromkeys(record.tried) if a != record.address)
             self.handle(DeliveryEnded(record.delivery_id, record.address or None, record.kept_open, outcomes,
@@ -365,18 +383,29 @@ class DeliveryManager:
         recipient = next(r for r in transaction.recipients if r.rcpt_id == action.rcpt_id)
         code, status, text = split_reply(action.last_reply)
         log.info("%s: deferred (attempt %d): %s", action.rcpt_id, action.attempts, action.last_reply)
-        changes: list[object] = []
-        if action.ta_id not in self.in_defedb:
-            self.in_defedb.add(action.ta_id)
-            changes.append(PutTransaction(DeferredTransaction.from_transaction(
-                transaction, self.kinds.get(action.ta_id, MessageKind.ORIGINAL))))
         now = now_us()
-        changes.append(PutRecipient(DeferredRecipient(
+        # The envelope goes with every recipient row: DEFEDB removes a transaction whose
+        # last recipient row went (another recipient delivered on its retry) while this
+        # one was still on its first attempt, and a recipient row needs its transaction.
+        self._defedb([self._envelope(transaction), PutRecipient(DeferredRecipient(
             action.ta_id, int(action.rcpt_id.rsplit("-", 1)[1], 16), recipient.address, recipient.notify,
             recipient.orcpt_type, recipient.orcpt, RecipientState.DEFERRED, action.attempts, action.next_try,
             first_fail=now, last_attempt=now, reply_code=code, status=status, reply_text=text,
-            warned=action.warned)))
-        self._defedb(changes)
+            remote_mta=action.remote_mta or None, warned=action.warned))])
+
+    def _envelope(self, transaction: Transaction) -> PutTransaction:
+        """The DEFEDB change that writes ``transaction``'s envelope with its kind and hold."""
+        ta_id = transaction.ta_id
+        self.in_defedb.add(ta_id)
+        return PutTransaction(DeferredTransaction.from_transaction(
+            transaction, self.kinds.get(ta_id, MessageKind.ORIGINAL), held=ta_id in self.held))
+
+    def _record_hold(self, action: RecordHold) -> None:
+        (self.held.add if action.held else self.held.discard)(action.ta_id)
+        log.info("%s: %s", action.ta_id, "held" if action.held else "released")
+        transaction = self.manager.incoming.get(action.ta_id)
+        if transaction is not None:
+            self._defedb([self._envelope(transaction)])
 
     def _defedb(self, changes: list) -> None:
         def written(exc: BaseException | None) -> None:
@@ -386,52 +415,91 @@ class DeliveryManager:
             self.defedb_commits.request(change, written)
 
     def _bounce(self, action: Bounce) -> None:
-        transaction = self.manager.incoming[action.ta_id]
-        by_id = {r.rcpt_id: r for r in transaction.recipients}
-        kind = self.kinds.get(action.ta_id, MessageKind.ORIGINAL)
-        now = now_us()
-        reports = []
-        for failed in action.recipients:
-            recipient = by_id[failed.rcpt_id]
-            code, status, text = split_reply(failed.reply)
-            if status[0] == "2":
-                status = "5.0.0"
-            reports.append(RecipientReport(recipient.address, Action.FAILED, status, recipient.notify,
-                                           recipient.orcpt_type, recipient.orcpt,
-                                           diagnostic=failed.reply, diagnostic_type="smtp",
-                                           last_attempt=now, log_id=failed.rcpt_id))
+        """One DSN (Action: failed) for the bounced recipients; their done records wait
+        until it is durable in IBDB."""
+        ta_id = action.ta_id
+        reports = [self._report(ta_id, failed.rcpt_id, failed.reply, failed.remote_mta, Action.FAILED)
+                   for failed in action.recipients]
+        self.bounced_waiting[ta_id] = []
+        self.writes_pending[ta_id] = self.writes_pending.get(ta_id, 0) + 1
+
+        def queued(exc: BaseException | None) -> None:
+            waiting = self.bounced_waiting.pop(ta_id, [])
+            if exc is not None:
+                # No done records and the content stays (the transaction never completes in
+                # this run): after a restart the replay tries these recipients again.
+                log.error("%s: the failed recipients stay queued until qmgr restarts", ta_id)
+                return
+            self.writes_pending[ta_id] -= 1
+            for done in waiting:
+                self._record_done(done)
+            self._maybe_complete(ta_id)
+
+        if not self._queue_dsn(ta_id, reports, queued):
+            del self.bounced_waiting[ta_id]
+            self.writes_pending[ta_id] -= 1
+
+    def _warn(self, action: DelayWarning) -> None:
+        """One DSN (Action: delayed) for recipients deferred longer than ``delay_warning``."""
+        transaction = self.manager.incoming.get(action.ta_id)
+        if transaction is None:
+            return
+        until = transaction.arrival + self.scheduler.config.queue_lifetime
+        reports = [dataclasses.replace(self._report(action.ta_id, delayed.rcpt_id, delayed.reply,
+                                                    delayed.remote_mta, Action.DELAYED),
+                                       will_retry_until=until)
+                   for delayed in action.recipients]
+        self._queue_dsn(action.ta_id, reports, lambda exc: None)
+
+    def _report(self, ta_id: str, rcpt_id: str, reply: str, remote_mta: str, action: Action) -> RecipientReport:
+        """What a DSN says of one recipient: its RCPT parameters, the last reply and who gave it."""
+        recipient = next(r for r in self.manager.incoming[ta_id].recipients if r.rcpt_id == rcpt_id)
+        _, status, _ = split_reply(reply)
+        if action is Action.DELAYED and status[0] != "4":
+            status = "4.0.0"
+        elif action is Action.FAILED and status[0] == "2":
+            status = "5.0.0"
+        return RecipientReport(recipient.address, action, status, recipient.notify, recipient.orcpt_type,
+                               recipient.orcpt, remote_mta=remote_mta or None, diagnostic=reply,
+                               diagnostic_type="smtp", last_attempt=now_us(), log_id=rcpt_id)
+
+    def _queue_dsn(self, ta_id: str, reports: list[RecipientReport],
+                   queued: Callable[[BaseException | None], None]) -> bool:
+        """Build the DSN ``reports`` of ``ta_id`` call for (spec/dsn.md) from the queued
+        content, write it as a new content file and commit it to IBDB like a received
+        message, then hand it to the scheduler. False when no DSN is owed (logged);
+        otherwise ``queued`` is called once: with None when the DSN is durable, with the
+        error when it could not be written or committed."""
+        transaction = self.manager.incoming[ta_id]
+        kind = self.kinds.get(ta_id, MessageKind.ORIGINAL)
         plan = plan_dsn(Original.of(transaction, kind), reports)
         if isinstance(plan, NoDsn):
-            log.info("%s: no DSN: %s", action.ta_id, plan.reason)
-            return
+            log.info("%s: no DSN: %s", ta_id, plan.reason)
+            return False
+        what = "delay warning" if reports[0].action is Action.DELAYED else "DSN"
+        now = now_us()
         try:
             dsn = build_dsn(plan, iter_content(self.layout.root / transaction.content), hostname=self.hostname,
                             now=now)
             generated = self._write_generated(dsn, now)
         except (OSError, ValueError) as error:
-            log.error("%s: DSN not queued: %s; the failed recipients stay queued", action.ta_id, error)
-            self.bounced_waiting[action.ta_id] = []      # swallow their done records
-            self.loop.call_soon(lambda: self.bounced_waiting.pop(action.ta_id, None))
-            return
-        self.bounced_waiting[action.ta_id] = []
+            log.error("%s: %s not queued: %s", ta_id, what, error)
+            self.loop.call_soon(queued, error)
+            return True
 
         def committed(exc: BaseException | None) -> None:
-            waiting = self.bounced_waiting.pop(action.ta_id, [])
-            self.writes_pending[action.ta_id] -= 1
             if exc is not None:
-                log.error("%s: DSN %s not queued: %s; the failed recipients stay queued",
-                          action.ta_id, generated.ta_id, exc)
-                return
-            self.manager.incoming[generated.ta_id] = generated
-            log.info("%s: DSN %s queued to <%s>", action.ta_id, generated.ta_id, dsn.recipient)
-            for done in waiting:
-                self._record_done(done)
-            self._maybe_complete(action.ta_id)
-            self.kinds[generated.ta_id] = dsn.kind
-            self.arrived(generated)
+                log.error("%s: %s %s not queued: %s", ta_id, what, generated.ta_id, exc)
+            else:
+                self.manager.incoming[generated.ta_id] = generated
+                log.info("%s: %s %s queued to <%s>", ta_id, what, generated.ta_id, dsn.recipient)
+            queued(exc)
+            if exc is None:
+                self.kinds[generated.ta_id] = dsn.kind
+                self.arrived(generated)
 
-        self.writes_pending[action.ta_id] = self.writes_pending.get(action.ta_id, 0) + 1
         self.manager.commits.request(generated, committed)
+        return True
 
     def _write_generated(self, dsn, now: int) -> Transaction:
         """The DSN as a content file and the Transaction that names it (not yet committed)."""
@@ -456,6 +524,7 @@ class DeliveryManager:
         self.completing.discard(ta_id)
         self.writes_pending.pop(ta_id, None)
         self.kinds.pop(ta_id, None)
+        self.held.discard(ta_id)
         transaction = self.manager.incoming.pop(ta_id, None)
         if ta_id in self.in_defedb:
             self.in_defedb.discard(ta_id)

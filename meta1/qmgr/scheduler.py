@@ -142,6 +142,7 @@ class SchedulerConfig:
             queue_lifetime=qmgr.queue_lifetime * SECOND,
             initial_connections=qmgr.smtpc.initial_connections,
             max_connections=qmgr.smtpc.max_connections,
+            delay_warning=qmgr.delay_warning * SECOND or None,
         )
         values.update(overrides)
         return cls(**values)
@@ -163,6 +164,7 @@ class RecipientEntry:
     next_try: int | None = None
     last_reply: str = ""
     warned: bool = False  # a delay warning was already sent
+    last_remote: str = ""  # the server that gave ``last_reply`` ("" if none did)
 
 
 @dataclass(frozen=True)
@@ -217,9 +219,13 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True)
 class RecipientOutcome:
+    """``reply`` for ``rcpt_id``; ``remote_mta``: the server that gave it ("" when the reply
+    is qmgr's or smtpc's own), for the DSN's Remote-MTA field (RFC 3464 §2.3.5)."""
+
     rcpt_id: str
     status: Status
     reply: str
+    remote_mta: str = ""
 
 
 @dataclass(frozen=True)
@@ -337,6 +343,7 @@ class RecordDeferred:
     attempts: int
     last_reply: str
     warned: bool
+    remote_mta: str = ""
 
 
 @dataclass(frozen=True)
@@ -351,6 +358,7 @@ class FailedRecipient:
     reply: str
     attempts: int
     expired: bool  # the queue lifetime ran out (RFC 3463 4.4.7), else a permanent reply
+    remote_mta: str = ""
 
 
 @dataclass(frozen=True)
@@ -373,6 +381,7 @@ class DelayedRecipient:
     reply: str
     attempts: int
     next_try: int
+    remote_mta: str = ""
 
 
 @dataclass(frozen=True)
@@ -430,7 +439,7 @@ class _Transaction:
 
 class _Recipient:
     __slots__ = ("rcpt_id", "ta", "nexthop", "state", "attempts", "next_try", "last_reply",
-                 "warned", "retry_key")
+                 "last_remote", "warned", "retry_key")
 
     def __init__(self, ta: _Transaction, entry: RecipientEntry):
         self.rcpt_id = entry.rcpt_id
@@ -440,6 +449,7 @@ class _Recipient:
         self.attempts = entry.attempts
         self.next_try = entry.next_try
         self.last_reply = entry.last_reply
+        self.last_remote = entry.last_remote
         self.warned = entry.warned
         self.retry_key: tuple[int, int] | None = None
 
@@ -805,11 +815,13 @@ class Scheduler:
         elif r.ta.deleted:
             self._delete(r)
         else:
-            self._fail(r, outcome.reply, permanent=outcome.status is Status.PERMANENT)
+            self._fail(r, outcome.reply, permanent=outcome.status is Status.PERMANENT,
+                       remote_mta=outcome.remote_mta)
 
-    def _fail(self, r: _Recipient, reply: str, *, permanent: bool) -> None:
+    def _fail(self, r: _Recipient, reply: str, *, permanent: bool, remote_mta: str = "") -> None:
         """A failed attempt: bounce, or defer with backoff (and hold if the message is held)."""
         r.last_reply = reply
+        r.last_remote = remote_mta
         c = self.config
         next_try = None if permanent else next_try_time(
             self.now, r.attempts + 1, arrival=r.ta.arrival, min_delay=c.min_queue_delay,
@@ -825,7 +837,8 @@ class Scheduler:
             r.warned = True
             r.ta.delayed.append(r)
         self._fire(r, Input.DEFER)
-        self._out.append(RecordDeferred(r.ta.ta_id, r.rcpt_id, r.next_try, r.attempts, reply, r.warned))
+        self._out.append(RecordDeferred(r.ta.ta_id, r.rcpt_id, r.next_try, r.attempts, reply, r.warned,
+                                        remote_mta))
         if r.ta.held:
             self._fire(r, Input.HOLD)
 
@@ -958,7 +971,7 @@ class Scheduler:
             to_postmaster = ta.kind is MessageKind.DSN
             if (ta.kind is MessageKind.ORIGINAL and ta.sender) or to_postmaster:
                 self._out.append(Bounce(ta.ta_id, ta.sender, to_postmaster, tuple(
-                    FailedRecipient(r.rcpt_id, r.last_reply, r.attempts, expired)
+                    FailedRecipient(r.rcpt_id, r.last_reply, r.attempts, expired, r.last_remote)
                     for r, expired in failed)))
             for r, _ in failed:
                 self._out.append(RecordDone(ta.ta_id, r.rcpt_id, Final.BOUNCED, r.last_reply,
@@ -968,7 +981,8 @@ class Scheduler:
             still = [r for r in delayed if r.state in (State.DEFERRED, State.HELD)]
             if still and ta.sender and ta.kind is MessageKind.ORIGINAL:
                 self._out.append(DelayWarning(ta.ta_id, ta.sender, tuple(
-                    DelayedRecipient(r.rcpt_id, r.last_reply, r.attempts, r.next_try) for r in still)))
+                    DelayedRecipient(r.rcpt_id, r.last_reply, r.attempts, r.next_try, r.last_remote)
+                    for r in still)))
 
     # -- self-check -------------------------------------------------------------------------
 

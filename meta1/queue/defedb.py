@@ -32,8 +32,8 @@ Batches (group commit)
     :class:`PutRecipient` (insert or replace by ``(ta_id, index)``),
     :class:`RemoveRecipient` (delivered, or bounced with its DSN safely queued) and
     :class:`RemoveTransaction` — applies them in order inside ``BEGIN IMMEDIATE …
-    COMMIT``, then deletes every touched transaction that has no recipient left, and
-    returns those ids (their content files may go). Any error rolls the whole batch back
+    COMMIT``, then deletes every touched transaction that has no recipient left and is
+    not held (the row keeps the hold), and returns those ids. Any error rolls the whole batch back
     and re-raises: a batch is all or nothing, also across ``kill -9`` (the tests SIGKILL a
     writer at random moments). After an I/O error (``SQLITE_IOERR*``, ``SQLITE_FULL``
     is not one) the instance refuses further writes: like IBDB after a failed fsync
@@ -135,11 +135,12 @@ class DeferredTransaction:
     held: bool = False
 
     @classmethod
-    def from_transaction(cls, transaction: Any, kind: MessageKind = MessageKind.ORIGINAL) -> DeferredTransaction:
+    def from_transaction(cls, transaction: Any, kind: MessageKind = MessageKind.ORIGINAL, *,
+                         held: bool = False) -> DeferredTransaction:
         """From an IBDB Transaction record."""
         names = {f.name for f in fields(cls)} - {"nrcpts", "kind", "held"}
         return cls(**{name: getattr(transaction, name) for name in names},
-                   nrcpts=len(transaction.recipients), kind=kind)
+                   nrcpts=len(transaction.recipients), kind=kind, held=held)
 
 
 @dataclass(frozen=True)
@@ -410,7 +411,8 @@ class DeferredDB:
         for ta_id in touched:
             cursor.execute("SELECT 1 FROM recipients WHERE ta_id = ? LIMIT 1", (ta_id,))
             if cursor.fetchone() is None:
-                cursor.execute("DELETE FROM transactions WHERE ta_id = ?", (ta_id,))
+                # A held transaction stays: its row is where the hold is kept.
+                cursor.execute("DELETE FROM transactions WHERE ta_id = ? AND held = 0", (ta_id,))
                 if cursor.rowcount:
                     removed[ta_id] = None
         return tuple(removed)
