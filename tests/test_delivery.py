@@ -9,7 +9,8 @@ import sqlite3
 import pytest
 
 from dnsserver import DnsServer
-from mta import MTA, wait_for
+from mta import MTA, body_of, wait_for
+from test_interop import SWAKS_MESSAGE, swaks
 from test_smtpc_interop import _wait_dumps, needs_sink, sink  # noqa: F401 (fixture)
 
 ZONES = {
@@ -57,6 +58,22 @@ def test_relayed_byte_identical_then_removed_from_the_queue(relay) -> None:
     wait_for(lambda: not mta.content_files(), what="the content file to be removed")
     assert mta.mailq() == []
     assert "delivered: 250" in mta.log("qmgr")
+
+
+@needs_sink
+def test_swaks_pipelined_to_the_sink_byte_identical(relay, tmp_path) -> None:
+    """The issue's whole path with swaks as the client (PIPELINING): what reaches the sink
+    is what swaks sent (dot-stuffed lines, 8-bit octets), after our one Received header."""
+    mta, server = relay()
+    data_file = tmp_path / "swaks.eml"
+    data_file.write_bytes(SWAKS_MESSAGE + b".\r\n")
+    result = swaks(mta, data_file, "--to", "rcpt@example.test", "--pipeline")
+    assert result.returncode == 0, result.stdout.decode(errors="replace")
+    [(fields, content)] = _wait_dumps(server, 1)
+    assert body_of(content) == SWAKS_MESSAGE
+    assert content.startswith(b"Received: from swaks.client.test ([127.0.0.1])")
+    assert fields["X-Rcpt-Args"] == ["<rcpt@example.test>"]
+    wait_for(lambda: not mta.content_files(), what="the content file to be removed")
 
 
 @needs_sink
