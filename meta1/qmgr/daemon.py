@@ -45,7 +45,7 @@ from meta1.queue.cdb import syncfs
 from meta1.queue.ibdb import IncomingLog, LogFileUse, replay
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkServer, RecordLink
-from meta1.runtime.process import run_loop
+from meta1.runtime.process import announce_ready, run_loop
 
 log = logging.getLogger("meta1.qmgr")
 
@@ -264,8 +264,8 @@ class QueueManager:
         self.delivery.replay(self.incoming, self.replayed.done, self.replayed.completed)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.shutdown)
-        log.info("ready: %d messages in the queue; smtps socket %s", len(self.incoming),
-                 self.layout.smtps_socket)
+        announce_ready(log, "%d messages in the queue; smtps socket %s", len(self.incoming),
+                       self.layout.smtps_socket)
 
     def shutdown(self) -> None:
         if self.stopping:

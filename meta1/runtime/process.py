@@ -129,6 +129,47 @@ class _Formatter(logging.Formatter):
         return f"{self._prefix}.{int(record.msecs):03d}Z"
 
 
+#: The environment variable through which mcp hands a daemon the write end of its
+#: supervision pipe (D-MCP-3): the daemon writes one line per event on it — ``want-fds``
+#: when it waits for its listen sockets (start_action = pass), ``ready`` when it serves.
+SUPERVISION_FD_ENV = "META1_SUPERVISION_FD"
+
+
+def supervised() -> bool:
+    """Whether mcp started this process (and waits for its supervision lines)."""
+    return SUPERVISION_FD_ENV in os.environ
+
+
+def tell_supervisor(line: str) -> None:
+    """Write ``line`` to mcp's supervision pipe; nothing when not supervised. A pipe mcp
+    closed (mcp is gone) is not an error of the daemon's."""
+    fd = os.environ.get(SUPERVISION_FD_ENV)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), line.encode("ascii") + b"\n")
+    except (OSError, ValueError):
+        pass
+
+
+def forget_supervisor() -> None:
+    """In a process the daemon forked itself (smtps ``processes``): the parent speaks
+    for it, so the child neither writes nor keeps the pipe."""
+    fd = os.environ.pop(SUPERVISION_FD_ENV, None)
+    if fd is not None:
+        try:
+            os.close(int(fd))
+        except (OSError, ValueError):
+            pass
+
+
+def announce_ready(log: logging.Logger, message: str, *args) -> None:
+    """The daemon serves: log ``ready: <message>`` and tell mcp (start_action = wait:
+    mcp starts the next service only after this)."""
+    log.info("ready: " + message, *args)
+    tell_supervisor("ready")
+
+
 def local_hostname(configured) -> str:
     """The name this MTA gives itself: the configured ``hostname``, else the system's."""
     if isinstance(configured, str) and configured:

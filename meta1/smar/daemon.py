@@ -34,7 +34,7 @@ from meta1.eventloop import EventLoop
 from meta1.ipc.records import Exchanger, RouteRequest, RouteResult
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkServer, RecordLink
-from meta1.runtime.process import run_loop
+from meta1.runtime.process import announce_ready, run_loop
 from meta1.smar.cache import TtlCache
 from meta1.smar.nameservers import RESOLV_CONF, load_resolver_settings
 from meta1.smar.plans import MxResult
@@ -104,8 +104,8 @@ class AddressResolver:
         self.qmgr.start()
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.shutdown)
-        log.info("ready: nameservers %s; qmgr socket %s",
-                 ", ".join(f"{host}:{port}" for host, port in self.nameservers), self.layout.smar_socket)
+        announce_ready(log, "nameservers %s; qmgr socket %s",
+                       ", ".join(f"{host}:{port}" for host, port in self.nameservers), self.layout.smar_socket)
 
     def shutdown(self) -> None:
         log.info("shutting down")

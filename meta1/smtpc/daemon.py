@@ -44,7 +44,7 @@ from meta1.ipc.records import Delivery, DeliveryResult, IdleClosed, RecipientRes
 from meta1.queue.cdb import iter_content
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkClient, RecordLink
-from meta1.runtime.process import local_hostname, run_loop
+from meta1.runtime.process import announce_ready, local_hostname, run_loop
 from meta1.smtp.replies import Reply
 from meta1.smtp.text import printable
 from meta1.smtpc import session as sessions
@@ -382,7 +382,7 @@ class MailClient:
         self.qmgr.start()
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.shutdown)
-        log.info("ready: helo name %s; qmgr socket %s", self.hostname, self.layout.smtpc_socket)
+        announce_ready(log, "helo name %s; qmgr socket %s", self.hostname, self.layout.smtpc_socket)
 
     def shutdown(self) -> None:
         if self.stopping:

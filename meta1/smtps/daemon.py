@@ -53,7 +53,7 @@ from meta1.queue.cdb import ContentWriter
 from meta1.queue.idstate import IdState
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkClient, RecordLink
-from meta1.runtime.process import local_hostname, run_loop
+from meta1.runtime.process import announce_ready, forget_supervisor, local_hostname, run_loop
 from meta1.smtp import R
 from meta1.ids import IdGenerator, IdUnavailable
 from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenContent, Send,
@@ -446,7 +446,7 @@ class SmtpServer:
                                            on_refused=self._refuse))
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.shutdown)
-        log.info("ready: listening on %s", ", ".join(self.listening_on()))
+        announce_ready(log, "listening on %s", ", ".join(self.listening_on()))
 
     def shutdown(self) -> None:
         if self.stopping:
@@ -503,6 +503,7 @@ def serve(config, name: str | None = None, instance: int = 0, *,
             children = []
             index = instance + offset
             _exit_with_parent(parent)
+            forget_supervisor()
             if relog is not None:
                 relog(index)
             break
