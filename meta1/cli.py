@@ -15,13 +15,23 @@
     meta1 mailq [-f FILE] [--json]
                              list the queued messages: id, arrival, size, sender, and per
                              recipient its state, attempts, next try and last reply
+    meta1 start [-f FILE] [--foreground]
+                             start the MTA: mcp, which starts and watches the daemons;
+                             without --foreground it detaches once they are ready
+    meta1 stop [-f FILE]     stop the MTA (mcp stops the daemons in order)
+    meta1 status [-f FILE] [--json]
+                             mcp and each daemon: state, pid, uptime, restarts; queue counts
+    meta1 accounts [--create]
+                             MeTA1's accounts, which mcp uses as root; --create adds them
     meta1 qmgrctl [-f FILE] flush [DOMAIN] | hold ID | release ID | delete ID
                              command the running qmgr: retry deferred mail now (all, or
                              for one destination), hold, release or delete a message;
                              exit 1 when qmgr refuses (e.g. unknown id), 75 when qmgr
                              is not running
 
-Without ``-f`` both use the built-in default configuration shipped in the package.
+Without ``-f`` the commands use the built-in default configuration shipped in the
+package (``default.conf``; run as root, ``default-root.conf``: the queue in
+/var/spool/meta1, where the daemons' own users can reach it).
 This module is the I/O shell around :mod:`meta1.config`: it reads files, the home
 directory and the environment, and writes to stdout/stderr; the loader itself does none
 of that.
@@ -63,7 +73,10 @@ def _parser() -> argparse.ArgumentParser:
                             ("smar", "run the address resolver in the foreground"),
                             ("smtpc", "run the SMTP/LMTP client in the foreground"),
                             ("mailq", "list the queued messages"),
-                            ("qmgrctl", "command the running queue manager")):
+                            ("qmgrctl", "command the running queue manager"),
+                            ("start", "start the MTA (mcp and the daemons)"),
+                            ("stop", "stop the MTA"),
+                            ("status", "show the state of the MTA and its queue")):
         p = commands[name] = sub.add_parser(name, help=help_text)
         p.add_argument("-f", dest="file", metavar="FILE",
                        help="configuration file (default: the built-in configuration)")
@@ -72,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     commands["smtps"].add_argument("--index", type=int, default=0, choices=range(256),
                                    metavar="N", help="process index in ids (0-255)")
     commands["mailq"].add_argument("--json", action="store_true", help="JSON output")
+    commands["status"].add_argument("--json", action="store_true", help="JSON output")
+    commands["start"].add_argument("--foreground", action="store_true",
+                                   help="stay in the foreground, logging to standard error")
+    sub.add_parser("accounts", help="list (or --create) MeTA1's accounts").add_argument(
+        "--create", action="store_true", help="add the missing accounts (root)")
     actions = commands["qmgrctl"].add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser("flush", help="retry deferred recipients now").add_argument(
         "argument", nargs="?", metavar="DOMAIN", help="only those for this destination")
@@ -83,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def load(file: str | None) -> Config:
     home = os.path.expanduser("~")
-    return load_default(home) if file is None else load_file(file, home)
+    if file is None:
+        return load_default(home, root=os.geteuid() == 0)
+    return load_file(file, home)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
+    if args.command == "accounts":
+        from meta1.mcp.commands import accounts
+        return accounts(args.create)
     try:
         config = load(args.file)
     except ConfigError as exc:
@@ -118,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write((format_json if args.json else format_text)(messages))
     elif args.command == "qmgrctl":
         return qmgrctl(args.action, args.argument, config)
+    elif args.command in ("start", "stop", "status"):
+        from meta1.mcp import commands
+        if args.command == "start":
+            return commands.start(config, args.file, foreground=args.foreground, load=lambda: load(args.file))
+        return commands.stop(config) if args.command == "stop" else commands.status(config, args.json)
     else:
         return run_daemon(args, config)
     return EXIT_OK
@@ -145,8 +173,13 @@ def qmgrctl(action: str, argument: str | None, config: Config) -> int:
 def run_daemon(args, config: Config) -> int:
     """Run a daemon (qmgr, smtps, smar, smtpc) in the foreground until SIGTERM;
     sysexits-style status."""
-    from meta1.runtime.process import EX_CONFIG, EX_TEMPFAIL, setup_logging
-    setup_logging(args.command, config.log_level)
+    from meta1.runtime.process import (EX_CONFIG, EX_TEMPFAIL, exit_with_supervisor, limit_core_dumps,
+                                       redirect_stderr, setup_logging, supervised, syslog_of)
+    exit_with_supervisor()
+    limit_core_dumps()
+    if isinstance(config.log_file, str) and not supervised():   # mcp's children inherit it
+        redirect_stderr(os.path.join(config.queue_directory, str(config.log_file)))
+    setup_logging(args.command, config.log_level, syslog_of(config))
     if args.command == "smtps" and args.name not in config.smtps:
         print(f"meta1 smtps: no smtps section named {args.name!r} in {config.filename}",
               file=sys.stderr)
@@ -179,7 +212,8 @@ def run_daemon(args, config: Config) -> int:
     from meta1.smtps.daemon import serve as serve_smtps
     try:
         return serve_smtps(config, args.name, args.index,
-                           relog=lambda index: setup_logging(f"smtps.{index}", config.log_level))
+                           relog=lambda index: setup_logging(f"smtps.{index}", config.log_level,
+                                                             syslog_of(config)))
     except OSError as error:
         print(f"meta1 smtps: {error}", file=sys.stderr)
         return EX_TEMPFAIL

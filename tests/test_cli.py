@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 
+import pytest
+
 from meta1 import __version__
-from meta1.config import load_text
+from meta1.config import default_config_path, load_default, load_text
 from conftest import run_meta1
 
 
@@ -36,8 +39,20 @@ def test_builtin_default_is_loopback_unprivileged_and_user_writable(tmp_path) ->
     smtps = config.smtps[None]
     assert smtps.listen_socket.address == "127.0.0.1"
     assert 1024 <= smtps.listen_socket.port < 65536
-    assert config.queue_directory.startswith(str(tmp_path) + "/")
+    if os.geteuid() == 0:   # root's built-in file: where mcp's daemon users can reach it
+        assert config.queue_directory == "/var/spool/meta1"
+        assert result.stdout.startswith(f"# effective configuration of {default_config_path(root=True)}")
+    else:
+        assert config.queue_directory.startswith(str(tmp_path) + "/")
     assert config.smar.flags["use_resolvconf"]
+
+
+@pytest.mark.parametrize("root", [False, True])
+def test_the_two_builtin_files_differ_only_in_the_queue_directory(tmp_path, root) -> None:
+    config = load_default(str(tmp_path), root=root)
+    other = load_default(str(tmp_path), root=not root)
+    assert config.queue_directory == ("/var/spool/meta1" if root else f"{tmp_path}/.local/state/meta1/queue")
+    assert config.root.sections == other.root.sections
 
 
 def test_config_output_passes_check_and_is_a_fixed_point(tmp_path) -> None:

@@ -11,6 +11,8 @@ from meta1.config.loader import (
     default_config_path,
     default_config_text,
     effective_document,
+    effective_options,
+    effective_section,
     load_bytes,
     load_default,
     load_file,
@@ -19,6 +21,6 @@ from meta1.config.loader import (
 
 __all__ = [
     "Config", "ConfigError", "Diagnostic", "Node", "Position", "default_config_path",
-    "default_config_text", "effective_document", "load_bytes", "load_default", "load_file",
+    "default_config_text", "effective_document", "effective_options", "effective_section", "load_bytes", "load_default", "load_file",
     "load_text",
 ]

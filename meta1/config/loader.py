@@ -38,6 +38,8 @@ from meta1.config.tree import Document, Entry, Option, Section
 from meta1.config.types import Invalid, ListOf, Reference
 
 DEFAULT_CONFIG_NAME = "default.conf"
+#: The built-in configuration for root: the queue where the daemons' users can reach it.
+DEFAULT_ROOT_CONFIG_NAME = "default-root.conf"
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Node:
     values: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, Any] = field(default_factory=dict)
     option_pos: dict[str, Position] = field(default_factory=dict)
+    declared: bool = True  # False: an implicit section the file leaves out (all defaults)
 
     def explicit(self, key: str) -> bool:
         """Whether the file set this option (as opposed to a default)."""
@@ -117,6 +120,8 @@ class _Loader:
         for sub in spec.sections:
             if sub.key not in node.sections:
                 default = self.build(sub, (), None, pos, node) if sub.implicit else None
+                if default is not None:
+                    default.declared = False
                 node.sections[sub.key] = ({} if default is None else {None: default}) if sub.repeat else default
         if spec.finish is not None:
             spec.finish(node, lambda key, msg: self.error(node.option_pos.get(key, pos) if key else pos, msg))
@@ -272,22 +277,37 @@ def load_file(path: str, home: str | None = None) -> Config:
     return load_bytes(data, path, home)
 
 
-def default_config_text() -> str:
-    """The built-in default configuration shipped inside the package."""
-    return resources.files("meta1.config").joinpath(DEFAULT_CONFIG_NAME).read_text("utf-8")
+def default_config_text(root: bool = False) -> str:
+    """The built-in default configuration shipped inside the package (``root``: the one
+    for root)."""
+    return resources.files("meta1.config").joinpath(_default_name(root)).read_text("utf-8")
 
 
-def default_config_path() -> str:
-    return str(resources.files("meta1.config").joinpath(DEFAULT_CONFIG_NAME))
+def default_config_path(root: bool = False) -> str:
+    return str(resources.files("meta1.config").joinpath(_default_name(root)))
 
 
-def load_default(home: str | None = None) -> Config:
-    return load_text(default_config_text(), default_config_path(), home)
+def _default_name(root: bool) -> str:
+    return DEFAULT_ROOT_CONFIG_NAME if root else DEFAULT_CONFIG_NAME
+
+
+def load_default(home: str | None = None, root: bool = False) -> Config:
+    return load_text(default_config_text(root), default_config_path(root), home)
 
 
 def effective_document(config: Config) -> Document:
     """The loaded configuration as a syntax tree, every default written out."""
     return Document(_entries(config.root))
+
+
+def effective_options(node: Node) -> tuple[Option, ...]:
+    """The options of one section, every default written out (no subsections)."""
+    return tuple(entry for entry in _entries(node) if isinstance(entry, Option))
+
+
+def effective_section(node: Node) -> Section:
+    """One section of a loaded configuration as a syntax tree, defaults written out."""
+    return Section(node.spec.keyword, node.name, _entries(node))
 
 
 def _entries(node: Node) -> tuple[Entry, ...]:

@@ -519,6 +519,9 @@ MCP = SectionSpec(
         OptionSpec("restart_period", Interval(1), 60, "Window for restart_limit.", EXT),
         OptionSpec("shutdown_timeout", Interval(1, 3600), 30,
                    "How long MCP waits for services to stop before killing them.", EXT),
+        OptionSpec("start_timeout", Interval(1, 3600), 60,
+                   "How long MCP waits for a service to say it is ready before it stops it "
+                   "and starts it again (counted as a death).", EXT),
     ),
 )
 
@@ -536,6 +539,15 @@ ROOT = SectionSpec(
         OptionSpec("CDB_base_directory", Path(), "cdb", "Directory of the content database.", R),
         OptionSpec("Log_Level", Integer(0, 15), 9, "Logging verbosity, the default for every daemon.", V),
         OptionSpec("debug_level", Integer(0, 100), 0, "Debug output, the default for every daemon.", R),
+        OptionSpec("log_file", Path(), NOT_SET,
+                   "File every daemon logs to (appended; mcp opens it and the daemons it starts "
+                   "inherit it), relative to the queue directory.", EXT,
+                   unset_means="standard error; `meta1 start` in the background: meta1.log in the "
+                               "queue directory"),
+        OptionSpec("syslog_facility", Enum(("mail", "daemon", "local0", "local1", "local2", "local3", "local4",
+                                            "local5", "local6", "local7")), NOT_SET,
+                   "Also send every log line to syslog with this facility.", EXT, unset_means="no syslog"),
+        OptionSpec("syslog_socket", Path(), "/dev/log", "The syslog daemon's socket (syslog_facility).", EXT),
     ),
     sections=(MCP, QMGR, SMTPS, SMTPC, SMAR),
 )

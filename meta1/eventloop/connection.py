@@ -460,11 +460,14 @@ def listen_tcp(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return _listening(family, address, backlog, options)
 
 
-def listen_unix(path: str, backlog: int = 128) -> socket.socket:
-    """A non-blocking listening UNIX-domain socket at ``path``.
+def listen_unix(path: str, backlog: int = 128, mode: int = 0o660) -> socket.socket:
+    """A non-blocking listening UNIX-domain socket at ``path``, its file mode ``mode``.
 
     A socket file left behind by a dead process is removed first; one somebody still
     listens on is not (``EADDRINUSE``), and neither is a file that is not a socket.
+    Connecting needs write permission on the socket file (Linux unix(7)): ``mode`` 0660
+    lets the socket directory's group in — how the daemons' sockets are shared when mcp
+    runs them as different users (spec/mcp.md, "Who may do what") — 0600 only the owner.
     """
     try:
         mode = os.lstat(path).st_mode
@@ -476,7 +479,13 @@ def listen_unix(path: str, backlog: int = 128) -> socket.socket:
         if _unix_socket_alive(path):
             raise OSError(errno.EADDRINUSE, "a process listens on it", path)
         os.unlink(path)
-    return _listening(socket.AF_UNIX, path, backlog)
+    sock = _listening(socket.AF_UNIX, path, backlog)
+    try:
+        os.chmod(path, mode)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _listening(family: socket.AddressFamily, address: Any, backlog: int,

@@ -94,8 +94,9 @@ class ControlServer:
     def __init__(self, manager):
         self.manager = manager
         self.path = control_socket(manager.layout)
+        # Owner only (and root): the operator's socket, not the other daemons' (D-CTL-6).
         self.server = LinkServer(manager.loop, self.path, role="qmgr", peer_role=CLIENT_ROLE,
-                                 on_record=self._record, quiet=True)
+                                 on_record=self._record, quiet=True, mode=0o600)
 
     def start(self) -> None:
         self.server.start()

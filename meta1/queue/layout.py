@@ -90,6 +90,10 @@ class QueueLayout:
                 directory.mkdir(mode=DIRECTORY_MODE, parents=True)
             except FileExistsError:
                 continue  # an operator's (or mcp's) own mode and owner stay as they are
+            except PermissionError:
+                # mcp, as root, made the tree and keeps each daemon out of what is not
+                # its own (spec/mcp.md): smar cannot even look into cdb/.
+                continue
             os.chmod(directory, DIRECTORY_MODE)  # mkdir's mode is masked by the umask
 
     def content_relpath(self, ta_id: str) -> str:

@@ -203,9 +203,10 @@ class LinkServer:
                  on_record: Callable[[RecordLink, object], None],
                  on_ready: Callable[[RecordLink], None] | None = None,
                  on_lost: Callable[[RecordLink, BaseException | None], None] | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, mode: int = 0o660):
         self.loop = loop
         self.socket_path = socket_path
+        self.mode = mode
         self.role = role
         self.peer_role = peer_role
         self.on_record = on_record
@@ -216,7 +217,7 @@ class LinkServer:
         self.listener: Listener | None = None
 
     def start(self) -> None:
-        self.listener = Listener(self.loop, listen_unix(str(self.socket_path)), self._accept)
+        self.listener = Listener(self.loop, listen_unix(str(self.socket_path), mode=self.mode), self._accept)
 
     def stop_listening(self) -> None:
         if self.listener is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -34,8 +35,10 @@ def python_level(log_level: int) -> int:
     return logging.ERROR
 
 
-def setup_logging(daemon: str, log_level: int = 9) -> None:
-    """One line per event on stderr: ``TIME daemon[pid]: message`` (UTC, ISO 8601)."""
+def setup_logging(daemon: str, log_level: int = 9, syslog: tuple[str, str] | None = None) -> None:
+    """One line per event on stderr: ``TIME daemon[pid]: message`` (UTC, ISO 8601); with
+    ``syslog`` = (facility, socket path) each line goes to syslog too, as
+    ``daemon[pid]: message`` (syslog adds its own time)."""
     handler = _LogHandler()
     handler.setFormatter(_Formatter(f"%(asctime)s {daemon}[{os.getpid()}]: %(message)s"))
     # Log lines name ids, not source lines: skip the caller lookup and the thread and
@@ -44,7 +47,36 @@ def setup_logging(daemon: str, log_level: int = 9) -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    if syslog is not None:
+        root.handlers.append(_syslog_handler(daemon, *syslog))
     root.setLevel(python_level(log_level))
+
+
+def _syslog_handler(daemon: str, facility: str, path: str) -> logging.Handler:
+    from logging.handlers import SysLogHandler
+    handler = SysLogHandler(address=path, facility=SysLogHandler.facility_names[facility])
+    handler.setFormatter(logging.Formatter(f"{daemon}[{os.getpid()}]: %(message)s"))
+    return handler
+
+
+def syslog_of(config) -> tuple[str, str] | None:
+    """The ``setup_logging`` syslog argument from a configuration (None: no syslog)."""
+    facility = config.syslog_facility
+    return (facility, str(config.syslog_socket)) if isinstance(facility, str) else None
+
+
+def redirect_stderr(path: str) -> None:
+    """Make ``path`` (appended to, created 0640, never through a symbolic link) this
+    process's standard error, which the daemons mcp starts inherit."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def limit_core_dumps() -> None:
+    """No core files: a daemon's memory holds mail and secrets (reliability T73)."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 @contextlib.contextmanager
@@ -161,6 +193,30 @@ def forget_supervisor() -> None:
             os.close(int(fd))
         except (OSError, ValueError):
             pass
+
+
+#: mcp's pid in the environment of the daemons it starts (for :func:`exit_with_supervisor`).
+PARENT_ENV = "META1_MCP_PID"
+
+
+def exit_with_parent(parent: int) -> None:
+    """Get SIGTERM when the parent process dies (Linux PR_SET_PDEATHSIG): a killed parent
+    (mcp, or the first smtps of several) never leaves a daemon behind; it stops as on any
+    SIGTERM. If the parent is already gone, exit now. Elsewhere than Linux, a no-op."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def exit_with_supervisor() -> None:
+    """In a daemon mcp started: :func:`exit_with_parent` for mcp."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if supervised() and parent.isdigit():
+        exit_with_parent(int(parent))
 
 
 def announce_ready(log: logging.Logger, message: str, *args) -> None:

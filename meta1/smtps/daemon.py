@@ -53,7 +53,9 @@ from meta1.queue.cdb import ContentWriter
 from meta1.queue.idstate import IdState
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkClient, RecordLink
-from meta1.runtime.process import announce_ready, forget_supervisor, local_hostname, run_loop
+from meta1.runtime.fdpass import receive_listen_sockets
+from meta1.runtime.process import (announce_ready, exit_with_parent, forget_supervisor, local_hostname, run_loop,
+                                  supervised, tell_supervisor)
 from meta1.smtp import R
 from meta1.ids import IdGenerator, IdUnavailable
 from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenContent, Send,
@@ -331,20 +333,11 @@ class SmtpServerConnection(Protocol):
             self.server.session_ended(self)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A forked smtps gets SIGTERM when its parent dies (Linux PR_SET_PDEATHSIG), so a
-    killed parent never leaves a child holding the listen socket; elsewhere a no-op."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:     # the parent died before prctl took effect
-        os._exit(0)
-
-
 def bind(node) -> list[socket.socket]:
-    """The listen socket of an smtps section (bound here until mcp passes it, issue 5)."""
+    """The listen socket of an smtps section: from mcp (start_action = pass, when mcp
+    started this smtps: spec/mcp.md), else bound here."""
+    if supervised() and node.start_action == "pass":
+        return receive_listen_sockets(str(node.pass_fd_socket), lambda: tell_supervisor("want-fds"))
     listen = node.listen_socket
     if listen.type == "unix":
         return [listen_unix(str(listen.path))]
@@ -502,7 +495,7 @@ def serve(config, name: str | None = None, instance: int = 0, *,
         if pid == 0:
             children = []
             index = instance + offset
-            _exit_with_parent(parent)
+            exit_with_parent(parent)
             forget_supervisor()
             if relog is not None:
                 relog(index)

@@ -133,6 +133,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "spec/machines/smar-exchange.dot": _machine("meta1.smar.states", "smar-exchange", "dot"),
     "spec/machines/qmgr-recipient.md": _machine("meta1.qmgr.states", "qmgr-recipient", "md"),
     "spec/machines/qmgr-recipient.dot": _machine("meta1.qmgr.states", "qmgr-recipient", "dot"),
+    "spec/machines/mcp-service.md": _machine("meta1.mcp.states", "mcp-service", "md"),
+    "spec/machines/mcp-service.dot": _machine("meta1.mcp.states", "mcp-service", "dot"),
     "spec/smtp-replies.md": render_reply_catalogue,
 }
 
