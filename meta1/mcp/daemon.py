@@ -49,6 +49,7 @@ from meta1.mcp.services import Service, ServiceError, content_group_of, services
 from meta1.mcp.states import State
 from meta1.mcp.supervisor import (SECOND, ExitStatus, Exited, Finished, Kill, Note, Ready, Reload, Spawn, Start,
                                   Stop, Supervisor, SupervisorPolicy, Terminate, Tick)
+from meta1.queue.cdb import CONTENT_GROUP_ENV
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.fdpass import pass_listen_sockets
 from meta1.runtime.process import EX_CONFIG, EX_TEMPFAIL, PARENT_ENV, SUPERVISION_FD_ENV, run_loop
@@ -256,6 +257,8 @@ class Mcp:
         options = {}
         if account is not None:
             options = dict(user=account.uid, group=account.gid, extra_groups=list(account.groups))
+            if account.groups:      # smtps and qmgr: the content group (privileges.py)
+                env[CONTENT_GROUP_ENV] = str(account.groups[0])
         try:
             process = subprocess.Popen(service.argv, executable=service.executable, env=env,
                                        pass_fds=(write_end,), stdin=subprocess.DEVNULL,

@@ -13,7 +13,7 @@ The table (spec/mcp.md, "Who may do what")
     directory                 owner           group            mode   why
     ========================  ==============  ===============  =====  =========================
     queue directory           root            root             0755   mcp's pid, status, log
-    cdb, cdb/0 … cdb/f        qmgr            content group    3770*  smtps writes, qmgr reads
+    cdb, cdb/0 … cdb/f        qmgr            smtps's group    0771*  smtps writes, qmgr reads
                                                                       and removes, smtpc reads
     ibdb, defedb, quarantine  qmgr            qmgr             0700   envelopes: qmgr's alone
     qmgr                      qmgr            content group    2710   smtps and smtpc reach
@@ -27,11 +27,13 @@ The table (spec/mcp.md, "Who may do what")
     Socket directories are setgid (2710): a socket qmgr, smar or lmtpd creates there (mode
     0660) belongs to the directory's group, so its clients may connect and nobody else.
 
-    \\* setgid and sticky: files created there belong to the content group (smtpc can
-    read them, mode 0640), and only their owner or qmgr may remove or replace them
-    (smtpc may not; sticky bit, chmod(2)). The content group is smtpc's group unless
-    ``CDB_gid`` says otherwise; smtps and qmgr have it as their one supplementary group.
-    smar is in no group of the queue: it cannot read any of it.
+    \\* smtps writes there through its group, qmgr as the owner; everybody else may only
+    pass (``x``), not list or write. Content files are created 0640 and given the content
+    group (``fchown``: smtps and qmgr get its number from mcp in META1_CONTENT_GID), so
+    smtpc reads them through its group and nobody else can. The content group is smtpc's
+    group unless ``CDB_gid`` says otherwise; smtps and qmgr have it as their one
+    supplementary group (MeTA1's port puts meta1s into meta1c likewise). smar is in no
+    group of the queue: it can read none of it.
 
 Symbolic links (S3, T72)
     mcp is root and the directories below the queue belong to the daemons, so a daemon
@@ -52,7 +54,6 @@ from dataclasses import dataclass
 from meta1.queue.layout import CDB_FANOUT, QueueLayout
 
 ROOT = 0
-SETGID_STICKY = stat.S_ISGID | stat.S_ISVTX
 
 
 class QueueSafetyError(Exception):
@@ -89,9 +90,8 @@ def queue_plan(layout: QueueLayout, owners: Owners, *, lmtpd_socket_dir: str | N
     cdb = os.path.relpath(layout.cdb, root)
     rules = [
         DirectoryRule("", ROOT, ROOT, 0o755),
-        DirectoryRule(cdb, qmgr_uid, owners.content_gid, SETGID_STICKY | 0o770),
-        *(DirectoryRule(os.path.join(cdb, digit), qmgr_uid, owners.content_gid, SETGID_STICKY | 0o770)
-          for digit in CDB_FANOUT),
+        DirectoryRule(cdb, qmgr_uid, owners.smtps[1], 0o771),
+        *(DirectoryRule(os.path.join(cdb, digit), qmgr_uid, owners.smtps[1], 0o771) for digit in CDB_FANOUT),
         DirectoryRule("ibdb", qmgr_uid, qmgr_gid, 0o700),
         DirectoryRule("defedb", qmgr_uid, qmgr_gid, 0o700),
         DirectoryRule("quarantine", qmgr_uid, qmgr_gid, 0o700),

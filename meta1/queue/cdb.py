@@ -32,6 +32,7 @@ Never half-used
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pathlib
@@ -47,6 +48,15 @@ log = logging.getLogger("meta1.queue")
 CHUNK = 64 * 1024
 """Content octets per Data record (all but the last)."""
 FILE_MODE = 0o640
+#: Set by mcp, as root, for smtps and qmgr: the group each content file is given so that
+#: smtpc may read it (spec/mcp.md, "Who may do what"). Unset: the creator's group.
+CONTENT_GROUP_ENV = "META1_CONTENT_GID"
+
+
+@functools.cache
+def content_group() -> int | None:
+    value = os.environ.get(CONTENT_GROUP_ENV, "")
+    return int(value) if value.isdigit() else None
 _END_SIZE = len(pack_record(CdbEnd(0, 0)))
 _DATA_OVERHEAD = len(pack_record(CdbData(b"")))  # the record around a chunk's octets
 
@@ -81,6 +91,9 @@ class ContentWriter:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                            FILE_MODE)
         try:
+            group = content_group()
+            if group is not None:
+                os.fchown(self._fd, -1, group)
             write_all(self._fd, CDB_MAGIC + pack_record(CdbHeader(ta_id, created)))
         except BaseException:
             self.abort()
