@@ -23,6 +23,8 @@
                              mcp and each daemon: state, pid, uptime, restarts; queue counts
     meta1 accounts [--create]
                              MeTA1's accounts, which mcp uses as root; --create adds them
+    meta1 trace [-f FILE] [--log PATH] ID
+                             the life of a message across the daemons, from the log
     meta1 qmgrctl [-f FILE] flush [DOMAIN] | hold ID | release ID | delete ID
                              command the running qmgr: retry deferred mail now (all, or
                              for one destination), hold, release or delete a message;
@@ -76,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                             ("qmgrctl", "command the running queue manager"),
                             ("start", "start the MTA (mcp and the daemons)"),
                             ("stop", "stop the MTA"),
-                            ("status", "show the state of the MTA and its queue")):
+                            ("status", "show the state of the MTA and its queue"),
+                            ("trace", "show the life of one message from the log")):
         p = commands[name] = sub.add_parser(name, help=help_text)
         p.add_argument("-f", dest="file", metavar="FILE",
                        help="configuration file (default: the built-in configuration)")
@@ -86,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
                                    metavar="N", help="process index in ids (0-255)")
     commands["mailq"].add_argument("--json", action="store_true", help="JSON output")
     commands["status"].add_argument("--json", action="store_true", help="JSON output")
+    from meta1.tools import trace
+    trace.arguments(commands["trace"])
     commands["start"].add_argument("--foreground", action="store_true",
                                    help="stay in the foreground, logging to standard error")
     sub.add_parser("accounts", help="list (or --create) MeTA1's accounts").add_argument(
@@ -141,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write((format_json if args.json else format_text)(messages))
     elif args.command == "qmgrctl":
         return qmgrctl(args.action, args.argument, config)
+    elif args.command == "trace":
+        from meta1.mcp.commands import log_file_of
+        from meta1.tools import trace
+        return trace.main(args.id, args.log or [log_file_of(config)])
     elif args.command in ("start", "stop", "status"):
         from meta1.mcp import commands
         if args.command == "start":

@@ -95,6 +95,12 @@ def test_start_send_status_stop_leaves_nothing_running(relay) -> None:
     assert body_of(content) == message("via smtplib")
     assert f"{queue_id}-0000: delivered" in mta.log()
     wait_for(lambda: mta.mailq() == [], what="an empty queue")
+    traced = mta.meta1("trace", queue_id)
+    assert traced.returncode == 0, traced.stderr
+    stages = [line.split()[2] for line in traced.stdout.splitlines()[:-1]]
+    for stage in ("connected", "accepted", "queued", "scheduled", "reply", "delivered", "done"):
+        assert stage in stages, traced.stdout
+    assert traced.stdout.splitlines()[-1] == f"{queue_id}: 1 delivered; done"
 
     text = mta.meta1("status")
     assert text.returncode == 0 and "smtps" in text.stdout and "queue: 0 messages" in text.stdout

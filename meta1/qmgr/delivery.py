@@ -316,6 +316,9 @@ class DeliveryManager:
         lmtp = action.nexthop == self.lmtp_nexthop
         targets = tuple(Target(exchanger.host, address, 0 if lmtp else self.port, exchanger.preference)
                         for address, exchanger in zip(action.addresses, action.targets))
+        log.info("%s: scheduled: delivery %d of %d recipient%s to %s via %s%s", action.ta_id, action.delivery_id,
+                 len(action.rcpt_ids), "" if len(action.rcpt_ids) == 1 else "s", action.nexthop,
+                 ", ".join(f"{t.host} [{t.address}]" for t in targets), " (reusing a session)" if action.reuse else "")
         self._send_delivery(Delivery(action.delivery_id, cut, targets, lmtp, action.reuse))
 
     def _send_delivery(self, delivery: Delivery) -> None:
