@@ -186,9 +186,6 @@ def run_daemon(args, config: Config) -> int:
                                        redirect_stderr, setup_logging, supervised, syslog_of)
     exit_with_supervisor()
     limit_core_dumps()
-    if isinstance(config.log_file, str) and not supervised():   # mcp's children inherit it
-        redirect_stderr(os.path.join(config.queue_directory, str(config.log_file)))
-    setup_logging(args.command, config.log_level, syslog_of(config))
     if args.command == "smtps" and args.name not in config.smtps:
         print(f"meta1 smtps: no smtps section named {args.name!r} in {config.filename}",
               file=sys.stderr)
@@ -200,6 +197,13 @@ def run_daemon(args, config: Config) -> int:
     except OSError as error:
         print(f"meta1 {args.command}: queue directory {queue}: {error.strerror}", file=sys.stderr)
         return EX_CONFIG
+    if isinstance(config.log_file, str) and not supervised():   # mcp's children inherit it
+        try:
+            redirect_stderr(str(config.log_file))
+        except OSError as error:
+            print(f"meta1 {args.command}: log_file {config.log_file}: {error.strerror}", file=sys.stderr)
+            return EX_CONFIG
+    setup_logging(args.command, config.log_level, syslog_of(config))
     if args.command == "qmgr":
         from meta1.qmgr.daemon import QueueLocked, serve
         try:

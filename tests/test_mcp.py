@@ -20,7 +20,7 @@ import pytest
 from dnsserver import DnsServer
 from mcp_support import (AS_ROOT, McpMTA, alive, base_directory, free_privileged_port, installation,
                          proc_status, processes_with, remove_installation)
-from mta import body_of, wait_for
+from mta import body_of, free_port, wait_for
 from test_smtpc_interop import needs_sink, sink  # noqa: F401 (fixture)
 
 ZONES = {"far.test": {"MX": ["10 mx.far.test"]}, "mx.far.test": {"A": ["127.0.0.1"]}}
@@ -235,7 +235,7 @@ def test_sighup_applies_a_new_configuration_and_refuses_a_broken_one(relay, tmp_
     assert mta.service("smtps")["pid"] == smtps
 
     old_port = mta.port
-    mta.port = new_port = old_port + 1 if old_port < 65000 else old_port - 1
+    mta.port = new_port = free_port()
     mta.write_config()
     os.kill(mcp_pid, signal.SIGHUP)
     new_smtps = mta.wait_running("smtps", other_than=smtps)
