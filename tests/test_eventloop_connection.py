@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import socket
+import stat
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -444,7 +445,9 @@ def test_listen_unix_removes_a_stale_socket_and_refuses_a_live_one(loop: EventLo
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(path)
     stale.close()  # the file stays behind, nobody listens
+    os.chmod(path, 0o777)
     sock = listen_unix(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660      # its own mode, not the stale file's
     with pytest.raises(OSError) as excinfo:
         listen_unix(path)
     assert excinfo.value.errno == errno.EADDRINUSE

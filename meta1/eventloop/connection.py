@@ -470,11 +470,11 @@ def listen_unix(path: str, backlog: int = 128, mode: int = 0o660) -> socket.sock
     runs them as different users (spec/mcp.md, "Who may do what") — 0600 only the owner.
     """
     try:
-        mode = os.lstat(path).st_mode
+        existing = os.lstat(path).st_mode
     except FileNotFoundError:
         pass
     else:
-        if not stat.S_ISSOCK(mode):
+        if not stat.S_ISSOCK(existing):
             raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
         if _unix_socket_alive(path):
             raise OSError(errno.EADDRINUSE, "a process listens on it", path)
