@@ -54,7 +54,8 @@ def test_smtplib_lmtp_delivers_per_recipient_then_sigterm_exits_0(tmp_path):
             assert path.read_bytes() == (b"Return-Path: <sender@example.test>\nDelivered-To: "
                                          + address + b"\n" + MESSAGE.replace(b"\r\n", b"\n"))
             assert os.listdir(path.parent.parent / "tmp") == []
-            assert f"to=<{address.decode()}> mailbox={mailbox} delivered: {path}" in mta.log("lmtpd")
+            # Log lines are written at the end of a loop iteration: wait, do not sample.
+            mta.wait_log("lmtpd", f"to=<{address.decode()}> mailbox={mailbox} delivered: {path}")
         assert stat.S_IMODE(os.stat(mta.queue / "mail").st_mode) == 0o700
         assert mta.kill("lmtpd", signal.SIGTERM) == 0
         assert not socket_path.exists()
@@ -103,7 +104,7 @@ def test_a_mailbox_that_cannot_be_written_gets_451_the_others_250(tmp_path):
         assert client.getreply() == (250, b"2.0.0 <fine@mx.test> delivered")
         client.quit()
         assert len(new_files(mta, "ok")) == 1 and len(new_files(mta, "fine")) == 1
-        assert "to=<broken@mx.test> mailbox=broken not delivered:" in mta.log("lmtpd")
+        mta.wait_log("lmtpd", "to=<broken@mx.test> mailbox=broken not delivered:")
     finally:
         mta.stop()
 
