@@ -138,7 +138,7 @@ def _log_options() -> tuple[OptionSpec, ...]:
     )
 
 
-SERVICES = ("qmgr", "smtps", "smtpc", "smar")
+SERVICES = ("qmgr", "smtps", "smtpc", "smar", "lmtpd")
 
 
 def _service_options(start_action: str, restart_dependencies: tuple[str, ...]) -> tuple[OptionSpec, ...]:
