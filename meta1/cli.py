@@ -12,6 +12,8 @@
                              run an SMTP server in the foreground (qmgr must run)
     meta1 smar [-f FILE]     run the address resolver (DNS) in the foreground
     meta1 smtpc [-f FILE]    run the SMTP/LMTP client in the foreground (qmgr must run)
+    meta1 lmtpd [-f FILE]    run the local delivery agent (LMTP into Maildirs) in the
+                             foreground; the configuration needs an lmtpd section
     meta1 mailq [-f FILE] [--json]
                              list the queued messages: id, arrival, size, sender, and per
                              recipient its state, attempts, next try and last reply
@@ -74,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                             ("smtps", "run an SMTP server in the foreground"),
                             ("smar", "run the address resolver in the foreground"),
                             ("smtpc", "run the SMTP/LMTP client in the foreground"),
+                            ("lmtpd", "run the local delivery agent in the foreground"),
                             ("mailq", "list the queued messages"),
                             ("qmgrctl", "command the running queue manager"),
                             ("start", "start the MTA (mcp and the daemons)"),
@@ -180,7 +183,7 @@ def qmgrctl(action: str, argument: str | None, config: Config) -> int:
 
 
 def run_daemon(args, config: Config) -> int:
-    """Run a daemon (qmgr, smtps, smar, smtpc) in the foreground until SIGTERM;
+    """Run a daemon (qmgr, smtps, smar, smtpc, lmtpd) in the foreground until SIGTERM;
     sysexits-style status."""
     from meta1.runtime.process import (EX_CONFIG, EX_TEMPFAIL, exit_with_supervisor, limit_core_dumps,
                                        redirect_stderr, setup_logging, supervised, syslog_of)
@@ -189,6 +192,9 @@ def run_daemon(args, config: Config) -> int:
     if args.command == "smtps" and args.name not in config.smtps:
         print(f"meta1 smtps: no smtps section named {args.name!r} in {config.filename}",
               file=sys.stderr)
+        return EX_CONFIG
+    if args.command == "lmtpd" and config.lmtpd is None:
+        print(f"meta1 lmtpd: no lmtpd section in {config.filename}", file=sys.stderr)
         return EX_CONFIG
     queue = config.queue_directory
     try:
@@ -222,6 +228,13 @@ def run_daemon(args, config: Config) -> int:
     if args.command == "smtpc":
         from meta1.smtpc.daemon import serve as serve_smtpc
         return serve_smtpc(config)
+    if args.command == "lmtpd":
+        from meta1.lmtpd.daemon import serve as serve_lmtpd
+        try:
+            return serve_lmtpd(config)
+        except OSError as error:      # the socket: another lmtpd listens, or no permission
+            print(f"meta1 lmtpd: {error}", file=sys.stderr)
+            return EX_TEMPFAIL
     from meta1.smtps.daemon import serve as serve_smtps
     try:
         return serve_smtps(config, args.name, args.index,

@@ -124,7 +124,7 @@ class MTA:
         return proc.wait(timeout=30)
 
     def stop(self) -> None:
-        for daemon in ("smtps", "smtpc", "qmgr", "smar"):
+        for daemon in ("smtps", "smtpc", "lmtpd", "qmgr", "smar"):
             proc = self.procs.get(daemon)
             if proc is None or proc.poll() is not None:
                 continue
@@ -190,7 +190,8 @@ def accepted_id(reply_text: str) -> str:
 
 
 class SMTPClient:
-    """A raw SMTP client over TCP: bytes out exactly as given, replies in one at a time.
+    """A raw SMTP client over TCP (or a UNIX socket, given its Path): bytes out exactly
+    as given, replies in one at a time.
 
     ``reply()`` returns ``(code, text)`` for the next complete reply (``text`` holds its
     lines without the code, joined by newlines); nothing is read ahead of what the test
@@ -198,8 +199,13 @@ class SMTPClient:
     order. Socket operations time out after ``timeout`` seconds, which bounds every test.
     """
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int | Path, host: str = "127.0.0.1", timeout: float = 10.0):
+        if isinstance(port, Path):      # a UNIX socket (lmtpd)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(port))
+        else:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buffer = b""
 
     def send(self, data: bytes | str) -> None:

@@ -51,7 +51,7 @@ def test_sections_may_not_repeat_unless_declared_repeatable() -> None:
     ("smtpc { tls { key_file = k; } }", "1:9: cert_file and key_file go together"),
     ("qmgr { restart_dependencies = { qmgr }; }", "1:8: qmgr lists itself in restart_dependencies"),
     ("qmgr { restart_dependencies = { mcp }; }",
-     "1:8: restart_dependencies: service 'mcp' is not declared (services: qmgr, smar, smtpc, smtps)"),
+     "1:8: restart_dependencies: service 'mcp' is not declared (services: lmtpd, qmgr, smar, smtpc, smtps)"),
     ("qmgr { min_queue_delay = 2h; }", "1:8: min_queue_delay is larger than max_queue_delay"),
     ("qmgr { smtpc { initial_connections = 30; } }", "1:16: initial_connections is larger than max_connections"),
     ("smar { nameserver = { 127.0.0.1 }; flags = { use_resolvconf }; }",
@@ -100,3 +100,13 @@ def test_errors_from_all_layers_come_together_in_position_order() -> None:
         "2:7: expected a value or '{', found '='",
         "3:18: name: map 'x' is not declared (maps: none)",
     ]
+
+
+def test_lmtpd_is_absent_unless_declared_and_may_be_a_restart_dependency() -> None:
+    assert load_text("", "f").lmtpd is None
+    config = load_text("lmtpd { } smtpc { restart_dependencies = { lmtpd }; }", "f")
+    assert (config.lmtpd.socket, config.lmtpd.mail_directory) == ("lmtpd/lmtpsock", "mail")
+    assert (config.lmtpd.start_action, config.lmtpd.restart_dependencies) == ("wait", ())
+    assert config.smtpc.restart_dependencies == ("lmtpd",)
+    assert errors("lmtpd { restart_dependencies = { lmtpd }; }") == [
+        "1:9: lmtpd lists itself in restart_dependencies"]

@@ -34,6 +34,10 @@ EXPECTED = {
     "SHUTDOWN": (421, "4.3.2"), "LOCAL_ERROR": (421, "4.3.0"),
     "AUTH_UNAVAILABLE": (502, "5.5.1"), "BDAT_SYNTAX": (501, "5.5.4"),
     "BDAT_MIX": (503, "5.5.1"), "TOO_MANY_SESSIONS": (421, "4.3.2"),
+    # lmtpd (RFC 2033)
+    "LMTP_GREETING": (220, None), "NOT_LMTP": (500, "5.5.1"), "LHLO_SYNTAX": (501, "5.5.4"),
+    "NO_SUCH_MAILBOX": (550, "5.1.1"), "DELIVERED": (250, "2.0.0"),
+    "MAILBOX_WRITE_ERROR": (451, "4.3.0"),
 }
 FIELDS = {"hostname", "address", "id", "size", "name", "limit", "count"}
 # RFC 5321 §4.2: Reply-code "-" [ textstring ] CRLF, last: Reply-code [ SP textstring ] CRLF

@@ -27,6 +27,7 @@ service entry)::
     smtpc { ... tls { ... } }
     smar  { ... map NAME { ... } local_user_map { } aliases { } mailertable { }
             access_map { } greylisting { } }
+    lmtpd { ... }                      meta1's own LMTP delivery agent (only when written)
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def _log_options() -> tuple[OptionSpec, ...]:
     )
 
 
-SERVICES = ("qmgr", "smtps", "smtpc", "smar")
+SERVICES = ("qmgr", "smtps", "smtpc", "smar", "lmtpd")
 
 
 def _service_options(start_action: str, restart_dependencies: tuple[str, ...]) -> tuple[OptionSpec, ...]:
@@ -508,6 +509,28 @@ SMAR = SectionSpec(
     ),
 )
 
+LMTPD = SectionSpec(
+    "lmtpd",
+    "meta1's own local delivery agent (spec/lmtpd.md): an LMTP server (RFC 2033) on a UNIX "
+    "socket that stores each message in one Maildir per mailbox. MeTA1 leaves local delivery "
+    "to an external LDA; point smtpc's LMTP_socket at this section's socket to use it "
+    "instead (the two paths must name the same file).",
+    origin=EXT, finish=_no_self_dependency,
+    options=_service_options("wait", ()) + (
+        OptionSpec("socket", Path(), "lmtpd/lmtpsock",
+                   "UNIX socket lmtpd listens on, relative to queue_directory; its directory is "
+                   "created (mode 0750) and a stale socket file left by a dead lmtpd is "
+                   "replaced. smtpc's LMTP_socket must name the same file.", EXT),
+        OptionSpec("mail_directory", Path(), "mail",
+                   "Directory of the mailboxes, relative to queue_directory: the mailbox of "
+                   "a recipient is the Maildir <mail_directory>/<mailbox>/ (tmp, new, cur; "
+                   "created on first delivery, mode 0700), where <mailbox> is the local part "
+                   "lower-cased without its +detail. Only [a-z0-9._-], not starting with a "
+                   "dot, at most 64 characters; other recipients are refused with 550 5.1.1.",
+                   EXT),
+    ),
+)
+
 MCP = SectionSpec(
     "mcp",
     "The master control program's own options (its services are the daemon sections).",
@@ -549,7 +572,7 @@ ROOT = SectionSpec(
                    "Also send every log line to syslog with this facility.", EXT, unset_means="no syslog"),
         OptionSpec("syslog_socket", Path(), "/dev/log", "The syslog daemon's socket (syslog_facility).", EXT),
     ),
-    sections=(MCP, QMGR, SMTPS, SMTPC, SMAR),
+    sections=(MCP, QMGR, SMTPS, SMTPC, SMAR, LMTPD),
 )
 
 

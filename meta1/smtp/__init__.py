@@ -1,13 +1,14 @@
 """The SMTP vocabulary: replies, addresses, ESMTP parameters, framing. No I/O.
 
-The pieces every SMTP speaker of meta1 shares -- the smtps session machine now, smtpc
-later -- and nothing that depends on a socket, a file, the clock or the configuration:
+The pieces every SMTP speaker of meta1 shares -- the smtps and lmtpd session machines,
+smtpc -- and nothing that depends on a socket, a file, the clock or the configuration:
 
 * :mod:`meta1.smtp.replies` -- :class:`Reply` and the catalogue :class:`R`;
 * :mod:`meta1.smtp.text` -- printable reduction of untrusted text, RFC 5322 dates;
 * :mod:`meta1.smtp.address` -- reverse and forward paths (RFC 5321 §4.1.2, RFC 6531);
 * :mod:`meta1.smtp.params` -- MAIL/RCPT arguments and their ESMTP parameters, xtext;
-* :mod:`meta1.smtp.framing` -- command lines, DATA dot-unstuffing, content checks.
+* :mod:`meta1.smtp.framing` -- command lines, DATA dot-unstuffing, content checks;
+* :mod:`meta1.smtp.server` -- the effects and engine of a server session (smtps, lmtpd).
 
 spec/smtp.md describes the rules and the decisions (D-SMTP-n) these modules implement.
 """

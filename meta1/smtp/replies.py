@@ -8,7 +8,8 @@ Responsibilities
           250-2.0.0 first line\\r\\n
           250 2.0.0 last line\\r\\n
 
-    * :class:`R` is the catalogue: every reply meta1's SMTP server can send, with its code
+    * :class:`R` is the catalogue: every reply meta1's SMTP server (and its LMTP delivery
+      agent, lmtpd) can send, with its code
       and enhanced code fixed here so that the session machine, the tests and the spec
       name replies instead of spelling numbers. ``catalogue()`` lists them.
 
@@ -210,6 +211,14 @@ class R:
 
     # Extensions not offered
     AUTH_UNAVAILABLE = _r(502, "5.5.1", "AUTH not available")
+
+    # LMTP (meta1 lmtpd, RFC 2033); the other replies lmtpd sends are the ones above
+    LMTP_GREETING = _r(220, None, "{hostname} LMTP meta1")
+    NOT_LMTP = _r(500, "5.5.1", "This is an LMTP server: say LHLO (RFC 2033 4.1)")
+    LHLO_SYNTAX = _r(501, "5.5.4", "LHLO needs a domain or address literal")
+    NO_SUCH_MAILBOX = _r(550, "5.1.1", "<{address}>: no such mailbox")
+    DELIVERED = _r(250, "2.0.0", "<{address}> delivered")
+    MAILBOX_WRITE_ERROR = _r(451, "4.3.0", "<{address}> mailbox write error; try again later")
 
 
 def catalogue() -> dict[str, Reply]:

@@ -50,35 +50,17 @@ from typing import Callable, Protocol
 
 from meta1.ipc.records import Recipient, Transaction
 from meta1.machine import Machine, TraceSink
-from meta1.smtp import (BareLF, ContentScanner, DataDecoder, Extensions, LineFramer,
-                        LineTooLong, MailArgs, R, Reply, SMTPError, comment_safe, format_date,
+from meta1.smtp import (ContentScanner, DataDecoder, Extensions, LineFramer, MailArgs, R,
+                        Reply, SMTPError, comment_safe, format_date,
                         parse_mail, parse_rcpt, printable)
 from meta1.smtps.commands import COMMANDS, Command, split_command
+from meta1.smtp.server import Close, Send, ServerSession
 from meta1.ids import IdUnavailable, recipient_id
 from meta1.smtps.states import TABLE, Input, State
 
 log = logging.getLogger("meta1.smtps")
 
 # -- effects -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Send:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close the connection once everything sent so far is written.
-
-    ``linger``: shut down our side and read until the client closes first (a client
-    that pipelined commands still has input on its way; closing with unread input makes
-    the kernel send a RST that can destroy our last reply). After QUIT nothing more is
-    due from the client (RFC 5321 §4.1.1.10), so the connection is simply closed, as
-    Postfix's smtpd does — a shutdown, a timer and a wake-up fewer per session.
-    """
-
-    linger: bool = True
 
 
 @dataclass(frozen=True)
@@ -177,8 +159,12 @@ class _Transaction:
     scanner: ContentScanner | None = None
 
 
-class Session:
+class Session(ServerSession):
     """One client connection's SMTP session (see the module docstring)."""
+
+    log = log
+    inputs = Input
+    waiting_states = (State.COMMITTING, State.CLOSING)
 
     def __init__(self, settings: Settings, services: Services, *, client_address: str,
                  client_port: int = 0, trace: TraceSink | None = None,
@@ -216,19 +202,8 @@ class Session:
 
     # -- public interface ---------------------------------------------------------------
 
-    @property
-    def state(self) -> State:
-        return self.machine.state
-
-    @property
-    def wants_input(self) -> bool:
-        """False while a commit is pending or the session is closing: do not read."""
-        return self.state not in (State.COMMITTING, State.CLOSING)
-
-    @property
-    def idle_timeout(self) -> float | None:
-        """How long to wait for the client now (RFC 5321 §4.5.3.2); None: no timer."""
-        return None if self.state in (State.COMMITTING, State.CLOSING) else self.settings.io_timeout
+    # state, wants_input, idle_timeout: ServerSession's (no reading and no timer while
+    # a commit is pending or the session is closing).
 
     def start(self) -> list[Effect]:
         log.info("%s: connect from %s", self.id, self._client_text())
@@ -256,47 +231,7 @@ class Session:
         self._process()
         return self._take()
 
-    def timeout(self) -> list[Effect]:
-        self._fire(Input.TIMEOUT)
-        return self._take()
-
-    def eof(self) -> list[Effect]:
-        self._fire(Input.EOF)
-        return self._take()
-
-    def shutdown(self) -> list[Effect]:
-        self._fire(Input.SHUTDOWN)
-        return self._take()
-
-    # -- the engine -----------------------------------------------------------------------
-
-    def _take(self) -> list[Effect]:
-        effects, self._effects = self._effects, []
-        return effects
-
-    def _emit(self, effect: Effect) -> None:
-        self._effects.append(effect)
-
-    def _send(self, reply: Reply) -> None:
-        data = reply.encode()
-        if self._effects and isinstance(self._effects[-1], Send):
-            # Replies to a pipelined group leave in one write (RFC 2920 §3.2 allows it).
-            data = self._effects[-1].data + data
-            self._effects[-1] = Send(data)
-        else:
-            self._effects.append(Send(data))
-
-    def _fire(self, input: Input, argument: object = None) -> None:
-        while input is not None:
-            row = self.machine.row(input)
-            if row is None:
-                # Only non-command inputs can miss (e.g. a timer firing late): ignore them,
-                # but never silently in a log.
-                log.debug("%s: %s ignored in state %s", self.id, input.name, self.state.name)
-                return
-            self.machine.fire(input)
-            input = getattr(self, "_do_" + row.action)(argument)
-            argument = None
+    # -- the engine (ServerSession: timeout, eof, shutdown, _take, _emit, _send, _fire) --
 
     def _process(self) -> None:
         """Consume buffered input as far as the current state allows."""
@@ -370,17 +305,7 @@ class Session:
 
     def _line(self, item) -> None:
         self.commands += 1
-        if isinstance(item, BareLF):
-            self._unframeable(R.BARE_LF)
-            return
-        if isinstance(item, LineTooLong):
-            self._bad_line(R.LINE_TOO_LONG)
-            return
-        if item.bare_cr:
-            self._bad_line(R.BARE_CR)
-            return
-        if b"\0" in item.text:
-            self._bad_line(R.BAD_COMMAND_BYTES)
+        if self._framing_error(item):
             return
         # surrogateescape keeps 8-bit bytes: they are refused where they matter (paths)
         # and made printable where they are shown (Received, logs) — T16.
@@ -395,14 +320,6 @@ class Session:
             if self.state is State.CLOSING:
                 return
         self._command(command, argument)
-
-    def _unframeable(self, reply: Reply) -> None:
-        self._bad_line_reply = reply
-        self._fire(Input.UNFRAMEABLE)
-
-    def _bad_line(self, reply: Reply) -> None:
-        self._bad_line_reply = reply
-        self._fire(Input.BAD_LINE)
 
     def _junk(self) -> None:
         self.junk += 1
@@ -517,7 +434,9 @@ class Session:
         # Not advertised: no SASL configured (AUTH comes with a later issue).
         raise SMTPError(R.AUTH_UNAVAILABLE)
 
-    # -- actions (named by the transition table) ----------------------------------------------
+    # -- actions (named by the transition table; those smtps shares with lmtpd — rset,
+    #    noop, vrfy, quit, refuse_unknown/bad_line/unframeable, timeout, hangup,
+    #    shutdown, shutdown_later, ignore — are ServerSession's) ------------------------------
 
     def _do_greet(self, _):
         self._send(R.GREETING.format(hostname=self.settings.hostname))
@@ -550,23 +469,8 @@ class Session:
         lines.append("HELP")
         return R.HELO.with_lines(*lines)
 
-    def _do_rset(self, _):
-        self._discard_transaction()
-        self._send(R.RESET)
-
-    def _do_noop(self, _):
-        self._send(R.OK)
-
     def _do_help(self, _):
         self._send(R.HELP)
-
-    def _do_vrfy(self, _):
-        self._send(R.VRFY)
-
-    def _do_quit(self, _):
-        self._discard_transaction()
-        self._send(R.BYE.format(hostname=self.settings.hostname))
-        self._close("quit", linger=False)
 
     def _do_mail(self, mail: tuple[MailArgs, str]):
         args, ta_id = mail
@@ -670,22 +574,12 @@ class Session:
             return None
         return self._after_transaction()
 
-    def _after_transaction(self) -> Input | None:
-        if self.peer_gone:
-            return Input.EOF
-        if self.shutdown_pending:
-            return Input.SHUTDOWN
-        return None
-
     def _do_hangup_during_commit(self, _):
         # The commit goes on: if it succeeds the message is queued although the client
         # never saw the 250 — the duplicate window W1 of the reliability reference.
         self.peer_gone = True
         log.info("%s: lost connection while committing %s", self.id,
                  self.tx.ta_id if self.tx else "-")
-
-    def _do_shutdown_later(self, _):
-        self.shutdown_pending = True
 
     def _do_refuse_need_helo(self, argument):
         self._error(R.NEED_HELO)
@@ -730,20 +624,6 @@ class Session:
         self._error(reply)
         return None
 
-    def _do_refuse_unknown(self, _):
-        self._error(R.UNKNOWN_COMMAND)
-
-    def _do_refuse_bad_line(self, _):
-        self._error(self._bad_line_reply)
-
-    def _do_refuse_unframeable(self, _):
-        # RFC 5321 §2.3.8: LF alone is no line end, and BDAT octets cannot be counted
-        # without a size. Reading on would either wait forever or take message text for
-        # commands; answer and close instead (T01).
-        self._send(self._bad_line_reply)
-        self._discard_transaction()
-        self._close(self._bad_line_reply.lines[0])
-
     def _do_starttls(self, _):   # pragma: no cover - unreachable until TLS is configured
         raise AssertionError("STARTTLS is refused by its check in this version")
 
@@ -757,28 +637,11 @@ class Session:
     def _do_authenticated(self, _):   # pragma: no cover - later issue
         pass
 
-    def _do_timeout(self, _):
-        self._send(R.TIMEOUT.format(hostname=self.settings.hostname))
-        self._discard_transaction()
-        self._close("timeout")
-
-    def _do_hangup(self, _):
-        self._discard_transaction()
-        self._close("lost connection")
-
-    def _do_shutdown(self, _):
-        self._send(R.SHUTDOWN.format(hostname=self.settings.hostname))
-        self._discard_transaction()
-        self._close("shutdown")
-
     def _do_too_many_errors(self, _):
         self._send(self._limit_reply)
         self._discard_transaction()
         self._close("too many errors" if self._limit_reply is R.TOO_MANY_ERRORS
                     else "too many junk commands")
-
-    def _do_ignore(self, _):
-        pass
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -111,7 +111,7 @@ def render_reply_catalogue() -> str:
     """Every named SMTP reply meta1 sends (meta1/smtp/replies.py), in code order."""
     from meta1.smtp import catalogue
     out = [HEADER.format(source="meta1/smtp/replies.py"), "# SMTP replies", "",
-           "Every reply smtps sends, by its name in the code (`R.NAME`). Texts with `{field}`",
+           "Every reply smtps and lmtpd send, by its name in the code (`R.NAME`). Texts with `{field}`",
            "are templates filled in per use (fields are made printable first). Enhanced",
            "status codes are RFC 3463's; the greeting, HELO/EHLO replies and 354 carry none",
            "(RFC 2034 §3).", "", "| name | code | status | text |", "|---|---|---|---|"]
@@ -135,6 +135,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "spec/machines/qmgr-recipient.dot": _machine("meta1.qmgr.states", "qmgr-recipient", "dot"),
     "spec/machines/mcp-service.md": _machine("meta1.mcp.states", "mcp-service", "md"),
     "spec/machines/mcp-service.dot": _machine("meta1.mcp.states", "mcp-service", "dot"),
+    "spec/machines/lmtpd-session.md": _machine("meta1.lmtpd.states", "lmtpd-session", "md"),
+    "spec/machines/lmtpd-session.dot": _machine("meta1.lmtpd.states", "lmtpd-session", "dot"),
     "spec/smtp-replies.md": render_reply_catalogue,
 }
 
