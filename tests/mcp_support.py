@@ -131,7 +131,8 @@ class McpMTA:
             f"mcp {{ {self.mcp_extra} }}\n"
             f"smtps {{ IO_timeout = 30s; {self.smtps_extra}\n"
             f"    listen_socket {{ type = inet; address = 127.0.0.1; port = {self.port}; }}\n}}\n"
-            f"smtpc {{ remote_port = {self.sink_port}; IO_timeout = 10s; }}\n"
+            f"smtpc {{ remote_port = {self.sink_port}; IO_timeout = 10s; LMTP_socket = lmtpd/lmtpsock; }}\n"
+            f"lmtpd {{ socket = lmtpd/lmtpsock; mail_directory = mail; }}\n"
             f"qmgr {{ min_queue_delay = 1s; max_queue_delay = 2s; }}\n"
             f"smar {{ nameserver = {{ {host}:{port} }}; DNS_timeout = 2; {self.smar_extra} }}\n")
         os.chmod(self.config, 0o644)
@@ -178,6 +179,11 @@ class McpMTA:
         result = self.meta1("mailq", "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
+
+    def maildir(self, mailbox: str) -> list[bytes]:
+        """The messages lmtpd delivered into ``mailbox`` (its Maildir's new/), oldest first."""
+        new = self.queue / "mail" / mailbox / "new"
+        return [path.read_bytes() for path in sorted(new.iterdir())] if new.is_dir() else []
 
     def log(self) -> str:
         path = self.queue / "meta1.log"

@@ -33,6 +33,7 @@ from meta1.mcp.services import DEFAULT_USERS
 from meta1.queue.layout import QueueLayout
 
 EX_NOT_RUNNING = 3      # LSB: "program is not running"
+KEEPS_RUNNING = "mcp keeps running what could start"
 LOG_FILE = "meta1.log"
 
 
@@ -90,8 +91,8 @@ def start(config, config_file: str | None, *, foreground: bool, load=None) -> in
             setup_logging("mcp", config.mcp.log_level)
             report = os.fdopen(write_end, "w", buffering=1, encoding="utf-8")
 
-            def settled(lines: list[str], ok: bool) -> None:
-                _print_banner(config, report)(lines, ok)
+            def settled(lines: list[str], ok: bool, running: bool = False) -> None:
+                _print_banner(config, report)(lines, ok, running)
                 report.close()
 
             status = serve(config, config_file, load=load, on_settled=settled)
@@ -101,25 +102,29 @@ def start(config, config_file: str | None, *, foreground: bool, load=None) -> in
     with os.fdopen(read_end, encoding="utf-8") as report:
         text = report.read()
     sys.stdout.write(text)
-    if "meta1: started" not in text:
-        # mcp ended before it settled, or gave up: its status says why.
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        print(f"meta1 start: mcp did not start everything (exit status {code}); see {log_file_of(config)}",
-              file=sys.stderr)
-        return code or 1
-    return 0
+    if "meta1: started" in text:
+        return 0
+    if KEEPS_RUNNING in text:       # some services failed; mcp keeps those that run
+        return 1
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    print(f"meta1 start: mcp did not start (exit status {code}); see {log_file_of(config)}", file=sys.stderr)
+    return code or 1
 
 
 def _print_banner(config, out):
     """What a person needs after ``start``: where it listens, the queue, the mailboxes,
     how to send a test message — or what failed."""
-    def settled(lines: list[str], ok: bool) -> None:
+    def settled(lines: list[str], ok: bool, running: bool = False) -> None:
         for line in lines:
             print(f"meta1: {line}", file=out)
         if not ok:
             print(f"meta1: not started completely; see the log ({log_file_of(config)} in the background)",
                   file=out)
+            if running:
+                print(f"meta1: {KEEPS_RUNNING} (pid {os.getpid()}); `meta1 status` shows it, "
+                      "`meta1 stop` ends it", file=out)
+            out.flush()
             return
         listening = _listen_addresses(config)
         print(f"meta1: started; smtps on {', '.join(listening)}; queue in {config.queue_directory}", file=out)

@@ -76,8 +76,9 @@ def monotonic_us() -> int:
 
 class Mcp:
     """See the module docstring. ``config_file`` is None for the built-in configuration;
-    ``load`` reads it again on SIGHUP; ``on_settled(lines, ok)`` is told once, when the
-    first start has settled (everything ready, or given up)."""
+    ``load`` reads it again on SIGHUP; ``on_settled(lines, ok, running)`` is told once, when
+    the first start has settled (everything ready, or given up; ``running``: mcp goes on
+    with the services that run)."""
 
     def __init__(self, config, config_file: str | None, *, load: Callable[[], object] | None = None,
                  on_settled: Callable[[list[str], bool], None] | None = None, loop: EventLoop | None = None):
@@ -406,7 +407,7 @@ class Mcp:
                 return
         self.settled = True
         lines = [f"{v.name}: {v.state.value}" + (f" ({v.why})" if v.why else "") for v in views]
-        self.on_settled(lines, all(v.state is State.RUNNING for v in views))
+        self.on_settled(lines, all(v.state is State.RUNNING for v in views), not self.supervisor.finished)
 
     def _cleanup(self) -> None:
         for process in self.processes.values():    # only after a failure to stop in order

@@ -184,8 +184,8 @@ class DeliveryManager:
 
     def nexthop(self, address: str) -> str:
         nexthop = nexthop_of(address, self.hostname)
-        if self.lmtp_nexthop is not None and nexthop == self.hostname.lower():
-            return self.lmtp_nexthop
+        if self.lmtp_nexthop is not None and nexthop in (self.hostname.lower(), "localhost"):
+            return self.lmtp_nexthop       # D-DLV-6
         return nexthop
 
     def arrived(self, transaction: Transaction, done: frozenset[str] = frozenset(),
