@@ -87,11 +87,13 @@ def test_start_send_status_stop_leaves_nothing_running(relay) -> None:
 
     queue_id = mta.send(message("via smtplib"), ["rcpt@far.test"])
     swaks = subprocess.run(["swaks", "--server", f"127.0.0.1:{mta.port}", "-f", "sender@home.test",
-                            "-t", "rcpt@far.test", "--header", "Subject: via swaks", "--pipeline"],
+                            "-t", "rcpt@far.test,carol@localhost", "--header", "Subject: via swaks", "--pipeline"],
                            capture_output=True, text=True, timeout=60)
     assert swaks.returncode == 0, swaks.stdout
     wait_for(lambda: sorted(sink_tags(server)) == ["via smtplib", "via swaks"], timeout=30,
              what="both messages at the sink")
+    wait_for(lambda: mta.maildir("carol"), timeout=30, what="swaks' message in carol's Maildir")
+    assert b"\nSubject: via swaks\n" in mta.maildir("carol")[0]
     [(fields, content)] = [m for m in server.messages() if b"via smtplib" in m[1]]
     assert body_of(content) == message("via smtplib")
     assert f"{queue_id}-0000: delivered" in mta.log()
