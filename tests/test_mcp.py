@@ -21,7 +21,7 @@ from dnsserver import DnsServer
 from mcp_support import (AS_ROOT, McpMTA, alive, base_directory, free_privileged_port, installation,
                          proc_status, processes_with, remove_installation)
 from mta import body_of, free_port, wait_for
-from test_smtpc_interop import needs_sink, sink  # noqa: F401 (fixture)
+from test_smtpc_interop import SINK, needs_sink, sink  # noqa: F401 (fixture)
 
 ZONES = {"far.test": {"MX": ["10 mx.far.test"]}, "mx.far.test": {"A": ["127.0.0.1"]}}
 DAEMONS = ("smar", "qmgr", "lmtpd", "smtpc", "smtps")
@@ -46,10 +46,13 @@ def relay(install, tmp_path, sink):  # noqa: F811
     made = []
 
     def make(**options) -> tuple[McpMTA, object]:
-        server = sink()
+        # Without smtp-sink (the i386 root) tests that deliver nothing still run: smtpc
+        # gets a port nobody listens on.
+        server = sink() if SINK is not None else None
         dns = DnsServer(ZONES).__enter__()
         made.append(dns)
-        mta = McpMTA(install, base_directory(tmp_path), dns=dns.address, sink_port=server.port, **options)
+        mta = McpMTA(install, base_directory(tmp_path), dns=dns.address,
+                     sink_port=server.port if server is not None else free_port(), **options)
         made.append(mta)
         return mta, server
 
@@ -62,11 +65,17 @@ def relay(install, tmp_path, sink):  # noqa: F811
 
 
 def sink_tags(server) -> list[str]:
+    """The Subject of every message smtp-sink has dumped completely (a dump ends with an
+    empty line; one being written is left for the next look)."""
     tags = []
-    for fields, content in server.messages():
-        for line in content.split(b"\r\n"):
+    for path in sorted(server.dump.iterdir()):
+        data = path.read_bytes()
+        if not data.endswith(b"\n\n"):
+            continue
+        for line in data.split(b"\n"):
             if line.startswith(b"Subject: "):
-                tags.append(line[9:].decode())
+                tags.append(line[9:].rstrip(b"\r").decode())
+                break
     return tags
 
 
@@ -125,7 +134,6 @@ def test_start_send_status_stop_leaves_nothing_running(relay) -> None:
     assert mta.stop().returncode == 3
 
 
-@needs_sink
 def test_foreground_start_stops_in_file_order_on_sigterm(relay) -> None:
     mta, _ = relay()
     process = mta.start_foreground()
@@ -261,7 +269,6 @@ def test_sighup_applies_a_new_configuration_and_refuses_a_broken_one(relay, tmp_
     assert new_port == mta.port
 
 
-@needs_sink
 def test_stop_lets_a_session_in_data_finish_t69(relay) -> None:
     mta, server = relay()
     mta.start()
