@@ -331,3 +331,23 @@ def test_no_lost_wakeup_when_threads_race_the_drain():
         t.join()
     loop.close()
     assert not lost
+
+
+def test_an_alarm_follows_next_wakeup_and_replaces_its_timer() -> None:
+    """Alarm: set(when) replaces the previous timer, set(None) cancels, the callback runs once."""
+    from meta1.eventloop import Alarm
+    loop = EventLoop()
+    fired: list[int] = []
+    now = {"us": 1_000_000}
+    alarm = Alarm(loop, lambda: now["us"], lambda: fired.append(now["us"]))
+    alarm.set(now["us"] + 3_600_000_000)        # an hour away: replaced before it fires
+    alarm.set(now["us"] + 20_000)               # 20 ms
+    assert loop.run_until(lambda: fired, timeout=5)
+    assert fired == [1_000_000] and alarm.timer is None
+    alarm.set(now["us"] + 20_000)
+    alarm.set(None)
+    loop.run_once(0.05)
+    assert fired == [1_000_000]
+    alarm.set(now["us"] - 5_000_000)             # in the past: at once
+    assert loop.run_until(lambda: len(fired) == 2, timeout=5)
+    loop.close()

@@ -10,10 +10,10 @@ from __future__ import annotations
 from meta1.eventloop.connection import (
     Connection, Listener, PendingConnect, Protocol, connect_stream, connect_unix, listen_tcp, listen_unix,
 )
-from meta1.eventloop.loop import EventLoop, Timer
+from meta1.eventloop.loop import Alarm, EventLoop, Timer
 from meta1.eventloop.workers import GroupCommit, WorkerPool
 
 __all__ = [
-    "Connection", "EventLoop", "GroupCommit", "Listener", "PendingConnect", "Protocol", "Timer",
+    "Alarm", "Connection", "EventLoop", "GroupCommit", "Listener", "PendingConnect", "Protocol", "Timer",
     "WorkerPool", "connect_stream", "connect_unix", "listen_tcp", "listen_unix",
 ]

@@ -99,6 +99,38 @@ class Timer:
         return f"<Timer when={self.when:.3f}{state} {self.callback!r}>"
 
 
+class Alarm:
+    """The one timer of a sans-I/O core that says when it next wants to be woken.
+
+    Cores such as qmgr's scheduler and mcp's supervisor expose ``next_wakeup`` as an
+    absolute time in µs on their own clock (``clock_us``: wall or monotonic); after each
+    event their daemon calls :meth:`set` with it, which replaces the previous timer (None
+    cancels it). ``callback`` runs when the time comes.
+    """
+
+    __slots__ = ("loop", "clock_us", "callback", "timer")
+
+    def __init__(self, loop: EventLoop, clock_us: Callable[[], int], callback: Callback) -> None:
+        self.loop = loop
+        self.clock_us = clock_us
+        self.callback = callback
+        self.timer: Timer | None = None
+
+    def set(self, when_us: int | None) -> None:
+        self.cancel()
+        if when_us is not None:
+            self.timer = self.loop.call_later(max(0.0, (when_us - self.clock_us()) / 1e6), self._fire)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _fire(self) -> None:
+        self.timer = None
+        self.callback()
+
+
 class _Handlers:
     """The reader and writer callbacks of one registered descriptor (selector key data).
 

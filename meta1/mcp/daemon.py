@@ -42,7 +42,7 @@ from typing import Callable
 import meta1
 from meta1.config import ConfigError, load_file
 from meta1.config.schema import NOT_SET
-from meta1.eventloop import EventLoop
+from meta1.eventloop import Alarm, EventLoop
 from meta1.eventloop.connection import listen_tcp, listen_unix
 from meta1.mcp import privileges
 from meta1.mcp.services import Service, ServiceError, content_group_of, services_of
@@ -95,7 +95,7 @@ class Mcp:
         self.pipes: dict[int, tuple[str, bytearray]] = {}
         self.listen_sockets: dict[tuple, socket.socket] = {}
         self.supervisor: Supervisor | None = None
-        self.timer = None
+        self.alarm = Alarm(self.loop, monotonic_us, lambda: self.handle(Tick()))
         self.lock_fd: int | None = None
         self.exit_status = 0
         self.started_at = time.time()
@@ -217,7 +217,7 @@ class Mcp:
         assert self.supervisor is not None
         for action in self.supervisor.handle(event, monotonic_us()):
             self._carry_out(action)
-        self._arm_timer()
+        self.alarm.set(self.supervisor.next_wakeup)
         self._write_status()
         self._check_settled()
 
@@ -237,15 +237,6 @@ class Mcp:
                 log.error("giving up: %s", action.reason)
                 self.exit_status = 1
             self.loop.stop()
-
-    def _arm_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        wakeup = self.supervisor.next_wakeup
-        if wakeup is not None:
-            self.timer = self.loop.call_later(max(0.0, (wakeup - monotonic_us()) / SECOND),
-                                              lambda: self.handle(Tick()))
 
     # -- processes --------------------------------------------------------------------------------
 

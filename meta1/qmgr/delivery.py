@@ -55,7 +55,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from meta1.eventloop import GroupCommit, WorkerPool
+from meta1.eventloop import Alarm, GroupCommit, WorkerPool
 from meta1.ids import IdGenerator
 from meta1.ipc.records import (Delivery, DeliveryResult, IdleClosed, RecipientsDone, Recipient, RouteRequest,
                                RouteResult, Target, Transaction)
@@ -150,7 +150,7 @@ class DeliveryManager:
         self.bounced_waiting: dict[str, list[RecordDone]] = {}
         self.writes_pending: dict[str, int] = {}        # done records not yet durable, per ta
         self.completing: set[str] = set()
-        self.timer = None
+        self.alarm = Alarm(self.loop, now_us, lambda: self.handle(Tick()))
         self.closed = False
 
     # -- events in ------------------------------------------------------------------------
@@ -165,7 +165,7 @@ class DeliveryManager:
             return
         for action in actions:
             self._carry_out(action)
-        self._arm_timer()
+        self.alarm.set(self.scheduler.next_wakeup)
 
     def _entries(self, transaction: Transaction, done: set[str], deferred: dict[str, DeferredRecipient]):
         entries = []
@@ -248,18 +248,6 @@ class DeliveryManager:
         elif isinstance(action, RecordHold):
             self._record_hold(action)
 
-    def _arm_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        wakeup = self.scheduler.next_wakeup
-        if wakeup is not None:
-            delay = max(0.0, (wakeup - now_us()) / SECOND)
-            self.timer = self.loop.call_later(delay, self._tick)
-
-    def _tick(self) -> None:
-        self.timer = None
-        self.handle(Tick())
 
     # -- smar --------------------------------------------------------------------------------
 
@@ -557,8 +545,7 @@ class DeliveryManager:
 
     def stop(self) -> None:
         self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
+        self.alarm.cancel()
         self.smtpc.close()
         self.smar.stop()
 
