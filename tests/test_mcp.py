@@ -399,3 +399,33 @@ def test_a_queue_directory_others_may_write_is_refused_t72(relay) -> None:
     result = mta.start(expect_ok=False)
     assert result.returncode == 78
     assert "writable by others" in result.stdout + mta.log()
+
+
+@needs_root
+def test_started_by_a_normal_user_everything_runs_as_that_user(install, tmp_path) -> None:
+    """Not root, mcp changes no user: every daemon runs as the one who started it, in a
+    queue of mode 0750 that belongs to that user (here: nobody)."""
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    base = base_directory(tmp_path)
+    os.chown(base, nobody.pw_uid, nobody.pw_gid)
+    dns = DnsServer(ZONES).__enter__()
+    mta = McpMTA(install, base, dns=dns.address, sink_port=free_port())
+    os.chown(mta.config, nobody.pw_uid, nobody.pw_gid)
+    as_nobody = dict(user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], cwd="/", capture_output=True,
+                     text=True, timeout=90, env=install.env(HOME=str(base)))
+    command = [install.python, "-m", "meta1"]
+    try:
+        started = subprocess.run(command + ["start", "-f", str(mta.config)], **as_nobody)
+        assert started.returncode == 0, started.stdout + started.stderr + mta.log()
+        report = mta.status()
+        assert {s["state"] for s in report["services"]} == {"running"}
+        for pid in [report["mcp_pid"]] + [s["pid"] for s in report["services"]]:
+            assert set(proc_status(pid)["Uid"].split()) == {str(nobody.pw_uid)}
+        assert os.stat(mta.queue).st_uid == nobody.pw_uid
+        assert stat.S_IMODE(os.stat(mta.queue / "ibdb").st_mode) == 0o750
+        stopped = subprocess.run(command + ["stop", "-f", str(mta.config)], **as_nobody)
+        assert stopped.returncode == 0, stopped.stderr
+    finally:
+        mta.close()
+        dns.__exit__(None, None, None)
