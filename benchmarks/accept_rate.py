@@ -82,6 +82,7 @@ import os
 import resource
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -563,6 +564,12 @@ class Run:
     source_exit: int | None = None
     error: str = ""
     notes: list[str] = field(default_factory=list)
+    round: int = 1
+
+    @property
+    def label(self) -> str:
+        """Unique among the runs of one invocation (a directory name)."""
+        return f"{self.target}-{self.sessions}-r{self.round}"
 
     @property
     def ok(self) -> bool:
@@ -679,22 +686,27 @@ def postfix_available() -> str:
 
 # --- output ----------------------------------------------------------------------------
 
-def ratios(runs: Sequence[Run]) -> dict[int, float]:
-    """meta1 msg/s divided by Postfix msg/s, per session count where both runs succeeded."""
-    by_key = {(run.target, run.sessions): run for run in runs if run.ok}
-    return {sessions: by_key["meta1", sessions].rate / by_key["postfix", sessions].rate
-            for (target, sessions) in by_key if target == "meta1" and ("postfix", sessions) in by_key}
+def ratios(runs: Sequence[Run]) -> dict[int, list[float]]:
+    """meta1 msg/s divided by Postfix msg/s of the same round, per session count, for
+    every round in which both runs succeeded."""
+    by_key = {(run.target, run.sessions, run.round): run for run in runs if run.ok}
+    out: dict[int, list[float]] = {}
+    for (target, sessions, round_) in sorted(by_key):
+        if target == "meta1" and ("postfix", sessions, round_) in by_key:
+            out.setdefault(sessions, []).append(by_key["meta1", sessions, round_].rate
+                                                / by_key["postfix", sessions, round_].rate)
+    return out
 
 
 def print_table(runs: Sequence[Run]) -> None:
     """One row per run (the columns every run has, then its kind's own), each run's
     detail lines, errors and notes, and the ratios."""
-    header = (f"{'target':<8} {'sessions':>8} {'messages':>8} {'seconds':>8} {'msg/s':>8} {'CPU ms/msg':>10}"
+    header = (f"{'target':<8} {'round':>5} {'sessions':>8} {'messages':>8} {'seconds':>8} {'msg/s':>8} {'CPU ms/msg':>10}"
               f" {'client':>7}" + (runs[0].table_header() if runs else ""))
     print(header)
     print("-" * len(header))
     for run in runs:
-        print(f"{run.target:<8} {run.sessions:>8} {run.messages:>8} {run.seconds:>8.2f} {run.rate:>8.0f}"
+        print(f"{run.target:<8} {run.round:>5} {run.sessions:>8} {run.messages:>8} {run.seconds:>8.2f} {run.rate:>8.0f}"
               f" {run.cpu_ms_per_message:>10.2f} {run.client_cpu_ms_per_message:>7.2f}" + run.table_cells()
               + ("" if run.ok else "  FAILED"))
     for run in runs:
@@ -705,8 +717,12 @@ def print_table(runs: Sequence[Run]) -> None:
             print(f"{run.target} {run.sessions} sessions: {run.error}")
         for note in run.notes:
             print(note)
-    for sessions, ratio in sorted(ratios(runs).items()):
-        print(f"ratio meta1/postfix at {sessions} sessions: {ratio:.2f}")
+    for sessions, values in sorted(ratios(runs).items()):
+        if len(values) == 1:
+            print(f"ratio meta1/postfix at {sessions} sessions: {values[0]:.2f}")
+        else:
+            print(f"ratio meta1/postfix at {sessions} sessions: median {statistics.median(values):.2f} over "
+                  f"{len(values)} rounds ({', '.join(f'{v:.2f}' for v in values)})")
 
 
 def session_list(text: str) -> list[int]:
@@ -733,6 +749,9 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
                         help="give up on a run after this long (default 30 + messages/20)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the raw figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the queues and logs")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="repeat everything N times, the servers' order alternating, and report the "
+                             "median ratio (runs drift on a shared machine; default 1)")
     parser.add_argument("--smtps-processes", type=int, default=None, metavar="N",
                         help="meta1 smtps processes (default: one per CPU core, at most 4)")
     return parser
@@ -808,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
     base, fstype, fsyncs = make_base(arguments, "meta1-accept-rate-")
 
     runs = run_all(arguments, targets, Run, lambda factory, run: bench(
-        factory, base / f"{run.target}-{run.sessions}", run, arguments.reuse, arguments.timeout))
+        factory, base / run.label, run, arguments.reuse, arguments.timeout))
     print_table(runs)
 
     return finish(arguments, base, runs, fsync_per_second=fsyncs, filesystem=fstype)
@@ -819,12 +838,18 @@ AnyRun = TypeVar("AnyRun", bound=Run)
 
 def run_all(arguments: argparse.Namespace, targets: list[tuple[str, Factory]], run_type: type[AnyRun],
             one_run: Callable[[Factory, AnyRun], AnyRun]) -> list[AnyRun]:
-    """Every session count against every target in turn, each run made by one_run."""
+    """Every session count against every target in turn, each run made by one_run; with
+    --rounds all of it again, the targets' order reversed every other round, so that a
+    machine getting slower (or faster) during the runs favours neither server."""
     runs: list[AnyRun] = []
-    for sessions in arguments.sessions:
-        for name, factory in targets:
-            print(f"running {name}, {sessions} sessions, {arguments.messages} messages ...", file=sys.stderr, flush=True)
-            runs.append(one_run(factory, run_type(name, sessions, arguments.messages, arguments.size)))
+    for round_ in range(1, max(1, arguments.rounds) + 1):
+        for sessions in arguments.sessions:
+            for name, factory in (targets if round_ % 2 else list(reversed(targets))):
+                print(f"running {name}, {sessions} sessions, {arguments.messages} messages, round {round_} ...",
+                      file=sys.stderr, flush=True)
+                run = run_type(name, sessions, arguments.messages, arguments.size)
+                run.round = round_
+                runs.append(one_run(factory, run))
     return runs
 
 
@@ -835,7 +860,9 @@ def finish(arguments: argparse.Namespace, base: Path, runs: Sequence[Run], **fac
         arguments.json.write_text(json.dumps({
             **facts, "cpus": os.cpu_count(), "reuse_connections": arguments.reuse,
             "runs": [run.figures() for run in runs],
-            "ratio_meta1_postfix": {str(sessions): ratio for sessions, ratio in ratios(runs).items()},
+            "ratio_meta1_postfix": {str(sessions): statistics.median(values)
+                                    for sessions, values in ratios(runs).items()},
+            "ratios_per_round": {str(sessions): values for sessions, values in ratios(runs).items()},
         }, indent=2) + "\n")
     if arguments.keep:
         print(f"queues and logs kept in {base}")

@@ -375,11 +375,11 @@ def main(argv: list[str] | None = None) -> int:
 
         def one_run(factory: Callable[[Path, int], Server], run: RelayRun) -> RelayRun:
             """A fresh sink, then accept_rate's bench with the server pointed at it."""
-            sink = Sink(base / f"sink-{run.target}-{run.sessions}")
+            sink = Sink(base / f"sink-{run.label}")
             atexit.register(sink.stop)
             try:
                 sink.start()
-                bench(lambda workdir: factory(workdir, sink.port), base / f"{run.target}-{run.sessions}",
+                bench(lambda workdir: factory(workdir, sink.port), base / run.label,
                       run, arguments.reuse, arguments.timeout, relay_measure(sink))
             finally:
                 sink.stop()

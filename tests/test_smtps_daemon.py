@@ -135,3 +135,30 @@ def test_a_killed_parent_takes_its_smtps_children_along(tmp_path):
         wait_for(gone, timeout=20, what="the child to exit")
         mta.spawn("smtps")                # the port is free again
         mta.wait_linked()
+
+
+def test_one_flush_per_batch_envelopes_written_before_the_syncfs(tmp_path, monkeypatch):
+    """D-RCV-6: with content_sync = filesystem a batch is one IBDB write followed by one
+    syncfs (which makes the envelopes and the content durable together), no fdatasync."""
+    import os
+    from meta1.config import load_text
+    from meta1.qmgr import daemon as qmgr_daemon
+    from test_queue_support import store
+    config = load_text(f'queue_directory = "{tmp_path / "queue"}";', "test.conf")
+    manager = qmgr_daemon.QueueManager(config)
+    try:
+        manager.recover()
+        batch = [store(manager.layout, n) for n in (1, 2, 3)]
+        calls = []
+        log_file = manager.ibdb.path
+        monkeypatch.setattr(qmgr_daemon, "syncfs", lambda fd: calls.append(("syncfs", os.path.getsize(log_file))))
+        monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(("fdatasync", fd)))
+        before = os.path.getsize(log_file) if log_file and os.path.exists(log_file) else 0
+        manager._flush(batch)
+        assert [name for name, _ in calls] == ["syncfs"]
+        assert calls[0][1] > before                    # the envelopes were written first
+        assert manager.failed == {}
+    finally:
+        manager.ibdb.close()
+        manager.syncers.shutdown()
+        manager.pool.shutdown(wait=True)

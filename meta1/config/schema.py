@@ -348,10 +348,12 @@ QMGR = SectionSpec(
                    "Size at which qmgr starts a new incoming-log file; a file whose "
                    "transactions are all complete (and all older ones too) is removed.", EXT),
         OptionSpec("content_sync", Enum(("filesystem", "files")), "filesystem",
-                   "How a commit batch makes its content files durable before the IBDB "
-                   "append: one syncfs(2) of the queue file system, or an fdatasync per "
-                   "file and an fsync per directory. Both are durable; 'files' keeps other "
-                   "writers' data on a shared file system out of meta1's commits (D-RCV-4).",
+                   "How a commit batch is made durable: 'filesystem', the IBDB append and then "
+                   "one syncfs(2) of the queue file system for it and the content files "
+                   "together (D-RCV-6); 'files', an fdatasync per content file and an fsync "
+                   "per directory before the IBDB append is written and synced. Both are "
+                   "durable; 'files' keeps other writers' data on a shared file system out of "
+                   "meta1's commits (D-RCV-4).",
                    EXT),
     ),
     sections=(

@@ -67,7 +67,7 @@ import re
 import shutil
 import threading
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from meta1.ipc.records import RecipientsDone, Transaction
 from meta1.queue.cdb import content_problem, fsync_directories, write_all
@@ -464,8 +464,9 @@ class IncomingLog:
         self._use(fd, path, sequence)
         log.info("incoming log now writes %s", path)
 
-    def _append(self, data: bytes) -> None:
-        """Write and fdatasync ``data``; on failure leave the file as it was or abandon it."""
+    def _append(self, data: bytes, sync: Callable[[int], None] | None = None) -> None:
+        """Write ``data`` and make it durable with ``sync(fd)``; on failure leave the file
+        as it was or abandon it."""
         assert self._fd is not None
         start = self._size
         try:
@@ -474,9 +475,9 @@ class IncomingLog:
             self._truncate_back(start)
             raise
         try:
-            os.fdatasync(self._fd)
+            (sync or os.fdatasync)(self._fd)
         except OSError as exc:
-            self._abandon(f"fdatasync failed: {exc}")
+            self._abandon(f"sync failed: {exc}")
             raise
         self._size = start + len(data)
 
@@ -497,11 +498,12 @@ class IncomingLog:
             except OSError:
                 pass
 
-    def append_batch(self, records: Iterable[object]) -> int:
-        """Append the records and fdatasync once; the sequence number of the file they
-        went to. Raises (OSError, ProtocolError, TypeError) if the batch is not durable, in
-        which case none of it will be replayed — unless the file had to be abandoned, see
-        the module documentation."""
+    def append_batch(self, records: Iterable[object], sync: Callable[[int], None] | None = None) -> int:
+        """Append the records and sync once (``sync(fd)``, by default fdatasync of the log; or — when
+        the caller makes the whole file system durable anyway — its ``syncfs``); the
+        sequence number of the file they went to. Raises (OSError, ProtocolError,
+        TypeError) if the batch is not durable, in which case none of it will be replayed
+        — unless the file had to be abandoned, see the module documentation."""
         records = list(records)
         for rec in records:
             if not isinstance(rec, LOG_RECORD_TYPES):
@@ -514,7 +516,7 @@ class IncomingLog:
                 raise RuntimeError("IncomingLog.append_batch before open()")
             if self._fd is None:
                 self._start()
-            self._append(data)
+            self._append(data, sync)
             return self.sequence
 
     def remove_files(self, sequences: Iterable[int]) -> None:
