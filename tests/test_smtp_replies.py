@@ -33,7 +33,7 @@ EXPECTED = {
     "TOO_MANY_ERRORS": (421, "4.7.0"), "TOO_MANY_JUNK": (421, "4.7.0"),
     "SHUTDOWN": (421, "4.3.2"), "LOCAL_ERROR": (421, "4.3.0"),
     "AUTH_UNAVAILABLE": (502, "5.5.1"), "BDAT_SYNTAX": (501, "5.5.4"),
-    "BDAT_MIX": (503, "5.5.1"), "TOO_MANY_SESSIONS": (421, "4.3.2"),
+    "BDAT_MIX": (503, "5.5.1"), "TOO_MANY_SESSIONS": (421, "4.3.2"), "NO_SERVICE": (503, "5.5.1"),
     # lmtpd (RFC 2033)
     "LMTP_GREETING": (220, None), "NOT_LMTP": (500, "5.5.1"), "LHLO_SYNTAX": (501, "5.5.4"),
     "NO_SUCH_MAILBOX": (550, "5.1.1"), "DELIVERED": (250, "2.0.0"),

@@ -8,7 +8,8 @@ import re
 from hypothesis import given, settings, strategies as st
 
 from conformance.transcripts import FixedServices
-from meta1.smtps.session import (Close, CommitContent, OpenContent, Send, Session, Settings,
+from meta1.smtp import Reply
+from meta1.smtps.session import (Close, CommitContent, OpenContent, Outcome, Send, Session, Settings,
                                  WriteContent)
 
 
@@ -191,3 +192,110 @@ def test_quit_closes_without_lingering_other_ends_linger() -> None:
     idle = Client()
     effects = idle.session.timeout()
     assert [e for e in effects if isinstance(e, Close)] == [Close(linger=True)]
+
+
+# -- policy verdicts (spec/policy.md) -------------------------------------------------------------
+
+class Policy(FixedServices):
+    """Scripted verdicts: ``verdicts[(stage, address)]`` → (Outcome, Reply); with ``wait``
+    every check is held until :meth:`answer` (the asynchronous path through smar)."""
+
+    def __init__(self, verdicts=None, wait=False):
+        super().__init__()
+        self.verdicts = verdicts or {}
+        self.wait = wait
+        self.asked: list = []
+
+    def policy(self, session, check):
+        self.asked.append(check)
+        if self.wait:
+            return None
+        return self.verdicts.get((check.stage, check.recipient or check.sender), (Outcome.OK, None))
+
+
+DENIED = Reply(550, "5.7.1", ("Relaying denied",))
+
+
+def test_a_refused_client_gets_554_and_then_only_quit() -> None:
+    """RFC 5321 §3.1: 554 instead of 220, then every command but QUIT gets 503."""
+    client = Client(Policy({("connect", None): (Outcome.REFUSED, Reply(554, "5.7.1", ("Access denied",)))}))
+    client.send(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nNOOP\r\nQUIT\r\n")
+    assert client.replies() == ["554 5.7.1 Access denied", "503 5.5.1 No SMTP service here; send QUIT",
+                                "503 5.5.1 No SMTP service here; send QUIT",
+                                "503 5.5.1 No SMTP service here; send QUIT", "221 2.0.0 mx.test closing connection"]
+    assert client.closed and client.commits == []
+
+
+def test_a_client_told_421_at_connect_is_closed() -> None:
+    client = Client(Policy({("connect", None): (Outcome.CLOSE, Reply(421, "4.7.0", ("Too many connections",)))}))
+    assert client.replies() == ["421 4.7.0 Too many connections"] and client.closed
+
+
+def test_refused_sender_and_recipient_leave_the_session_where_it_was() -> None:
+    services = Policy({("mail", "spam@bad.example"): (Outcome.REFUSED, Reply(550, "5.7.1", ("Sender refused",))),
+                       ("rcpt", "far@away.example"): (Outcome.REFUSED, DENIED),
+                       ("rcpt", "later@busy.example"): (Outcome.REFUSED, Reply(451, "4.3.0", ("Try later",)))})
+    client = Client(services)
+    client.send(b"EHLO c.example\r\nMAIL FROM:<spam@bad.example>\r\nRCPT TO:<x@y.example>\r\n"
+                b"MAIL FROM:<a@b.example>\r\nRCPT TO:<far@away.example>\r\nRCPT TO:<later@busy.example>\r\n"
+                b"DATA\r\nRCPT TO:<ok@here.example>\r\nDATA\r\nbody\r\n.\r\n")
+    replies = client.replies()
+    assert replies[-9:] == ["550 5.7.1 Sender refused", "503 5.5.1 Need MAIL command",
+                            "250 2.1.0 Sender <a@b.example> OK", "550 5.7.1 Relaying denied",
+                            "451 4.3.0 Try later", "554 5.5.1 No valid recipients",
+                            "250 2.1.5 Recipient <ok@here.example> OK",
+                            "354 End data with <CR><LF>.<CR><LF>", replies[-1]]
+    [(transaction, _)] = client.commits
+    assert [r.address for r in transaction.recipients] == ["ok@here.example"]
+    assert [r.rcpt_id for r in transaction.recipients] == [f"{transaction.ta_id}-0000"]
+    assert client.session.errors == 5        # every 4xx/5xx counts (max_errors_per_session)
+
+
+def test_pipelined_commands_wait_for_each_verdict_in_order() -> None:
+    """The asynchronous path: nothing after MAIL is read until its verdict; then RCPT's."""
+    services = Policy(wait=True)
+    client = Client(services)
+    assert client.replies() == [] and client.session.state.name == "CHECKING_CLIENT"
+    client.apply(client.session.policy_result(Outcome.OK))
+    client.send(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nRCPT TO:<e@f.example>\r\n"
+                b"DATA\r\nbody\r\n.\r\nQUIT\r\n")
+    assert client.replies()[-1] == "250 HELP" and [c.stage for c in services.asked] == ["connect", "mail"]
+    assert not client.session.wants_input and client.session.idle_timeout is None
+    client.apply(client.session.policy_result(Outcome.OK))
+    assert [c.recipient for c in services.asked[2:]] == ["c@d.example"]
+    client.apply(client.session.policy_result(Outcome.REFUSED, DENIED))
+    client.apply(client.session.policy_result(Outcome.OK))
+    after_ehlo = client.replies()[client.replies().index("250 HELP") + 1:]
+    assert after_ehlo[:4] == ["250 2.1.0 Sender <a@b.example> OK", "550 5.7.1 Relaying denied",
+                              "250 2.1.5 Recipient <e@f.example> OK", "354 End data with <CR><LF>.<CR><LF>"]
+    assert after_ehlo[4].endswith(" accepted") and after_ehlo[5:] == ["221 2.0.0 mx.test closing connection"]
+    [(transaction, _)] = client.commits
+    assert [r.address for r in transaction.recipients] == ["e@f.example"]
+
+
+def test_a_verdict_after_the_client_left_is_dropped() -> None:
+    services = Policy(wait=True)
+    client = Client(services)
+    client.apply(client.session.policy_result(Outcome.OK))
+    client.send(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\n")
+    client.apply(client.session.eof())
+    assert client.closed
+    assert client.session.policy_result(Outcome.OK) == []
+
+
+def test_discard_accepts_and_queues_nothing() -> None:
+    """DISCARD: the client sees 250 for everything; nothing is committed."""
+    client = Client(Policy({("rcpt", "drop@spam.example"): (Outcome.DISCARD, None)}))
+    client.send(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<drop@spam.example>\r\n"
+                b"DATA\r\nbody\r\n.\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<keep@b.example>\r\nDATA\r\nx\r\n.\r\n")
+    replies = client.replies()
+    assert sum(r.startswith("250 2.0.0 S") and r.endswith(" accepted") for r in replies) == 2
+    [(transaction, _)] = client.commits
+    assert [r.address for r in transaction.recipients] == ["keep@b.example"]
+
+
+def test_discard_at_connect_discards_every_transaction() -> None:
+    client = Client(Policy({("connect", None): (Outcome.DISCARD, None)}))
+    client.send(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\r\n")
+    assert client.replies()[0].startswith("220 ") and client.replies()[-1].endswith(" accepted")
+    assert client.commits == []

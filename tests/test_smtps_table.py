@@ -5,7 +5,8 @@
   in the table must change nothing and raise nothing.
 * Stateful (Hypothesis): random sequences of client actions; after every step the
   invariants hold — every traced step is a table row, output is whole CRLF lines, the
-  session reads input only when it may, a commit is requested only in COMMITTING.
+  session reads input only when it may, a commit is requested only in COMMITTING, a
+  policy verdict is asked for only in the CHECKING states.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from conformance.transcripts import FixedServices
-from meta1.smtps.session import Close, CommitContent, Send, Session, Settings
-from meta1.smtps.states import COMMAND_STATES, TABLE, Input, State
+from meta1.smtp import R, Reply
+from meta1.smtps.session import CheckPolicy, Close, CommitContent, Outcome, Send, Session, Settings
+from meta1.smtps.states import CHECKING_STATES, COMMAND_STATES, TABLE, Input, State
 
 LINES = {
     Input.HELO: b"HELO client.example\r\n",
@@ -47,11 +49,22 @@ UNREACHABLE = {State.TLS_HANDSHAKE, State.AUTH_EXCHANGE}
 class Driver:
     """A session plus a record of what it did."""
 
-    def __init__(self, max_errors: int = 1000):
+    def __init__(self, max_errors: int = 1000, auto_policy: bool = True):
+        self.auto_policy = auto_policy          # answer every CheckPolicy with OK at once
+        self.checks: list[CheckPolicy] = []
         self.trace: list[dict] = []
+        driver = self
+
+        class Services(FixedServices):
+            def policy(self, session, check):
+                if driver.auto_policy:
+                    return Outcome.OK, None
+                driver.checks.append(check)
+                return None
+
         self.session = Session(Settings(hostname="mx.test", eightbitmime=True, max_errors=max_errors,
                                         max_junk=1000),
-                               FixedServices(), client_address="192.0.2.1", client_port=1,
+                               Services(), client_address="192.0.2.1", client_port=1,
                                trace=self.trace.append)
         self.output = bytearray()
         self.closed = False
@@ -70,9 +83,34 @@ class Driver:
         self.apply(self.session.receive(data))
 
 
+ACCESS_DENIED = Reply(554, "5.7.1", ("Access denied",))
+#: A CHECKING state: the lines answered at once, then the line whose check stays open.
+CHECKS = {
+    State.CHECKING_SENDER: ([LINES[Input.EHLO]], LINES[Input.MAIL]),
+    State.CHECKING_FIRST_RCPT: ([LINES[Input.EHLO], LINES[Input.MAIL]], LINES[Input.RCPT]),
+    State.CHECKING_RCPT: ([LINES[Input.EHLO], LINES[Input.MAIL], LINES[Input.RCPT]], LINES[Input.RCPT]),
+}
+
+
 def drive_to(state: State) -> Driver:
     d = Driver()
     if state is State.CONNECTED:
+        return d
+    if state in (State.CHECKING_CLIENT, State.REFUSED):
+        d.auto_policy = False
+        d.apply(d.session.start())
+        if state is State.REFUSED:
+            d.apply(d.session.policy_result(Outcome.REFUSED, ACCESS_DENIED))
+    elif state in CHECKS:
+        d.apply(d.session.start())
+        answered, pending = CHECKS[state]
+        for data in answered:
+            d.send(data)
+        d.auto_policy = False
+        d.send(pending)
+    if state in (State.CHECKING_CLIENT, State.REFUSED) or state in CHECKS:
+        assert d.session.state is state, (d.session.state, state)
+        d.trace.clear()
         return d
     d.apply(d.session.start())
     steps = {
@@ -105,7 +143,9 @@ def expressible(state: State, input: Input) -> bool:
     if input is Input.START:
         return state is State.CONNECTED
     if input in LINES:
-        return state in COMMAND_STATES
+        return state in COMMAND_STATES or state is State.REFUSED
+    if input in (Input.POLICY_OK, Input.POLICY_REFUSED, Input.POLICY_CLOSE):
+        return state in CHECKING_STATES or state is State.CLOSING
     if input is Input.DATA_END:
         return state is State.DATA
     if input is Input.CHUNK_END:
@@ -126,6 +166,13 @@ def deliver(d: Driver, state: State, input: Input) -> None:
         d.send(b"cd")
     elif input in (Input.COMMITTED, Input.COMMIT_FAILED):
         d.apply(s.commit_result(input is Input.COMMITTED))
+    elif input is Input.POLICY_OK:
+        d.apply(s.policy_result(Outcome.OK))
+    elif input is Input.POLICY_REFUSED:
+        d.apply(s.policy_result(Outcome.REFUSED, ACCESS_DENIED if state is State.CHECKING_CLIENT
+                                else Reply(550, "5.7.1", ("Refused",))))
+    elif input is Input.POLICY_CLOSE:
+        d.apply(s.policy_result(Outcome.CLOSE, Reply(421, "4.7.0", ("Go away",))))
     elif input is Input.TIMEOUT:
         d.apply(s.timeout())
     elif input is Input.EOF:
@@ -192,8 +239,16 @@ ACTIONS = [
 class SessionMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
-        self.d = Driver(max_errors=25)
+        self.d = Driver(max_errors=25, auto_policy=False)
         self.d.apply(self.d.session.start())
+
+    @rule(outcome=st.sampled_from(list(Outcome)))
+    def policy_answers(self, outcome):
+        if self.d.checks:
+            check = self.d.checks.pop()
+            reply = {Outcome.REFUSED: Reply(554 if check.stage == "connect" else 550, "5.7.1", ("No",)),
+                     Outcome.CLOSE: Reply(421, "4.7.0", ("Later",))}.get(outcome)
+            self.d.apply(self.d.session.policy_result(outcome, reply))
 
     @rule(data=st.sampled_from(ACTIONS))
     def client_sends(self, data):
@@ -233,8 +288,10 @@ class SessionMachine(RuleBasedStateMachine):
     @invariant()
     def reads_only_when_it_may(self):
         s = self.d.session
-        assert s.wants_input == (s.state not in (State.COMMITTING, State.CLOSING))
+        assert s.wants_input == (s.state not in (State.COMMITTING, State.CLOSING, *CHECKING_STATES))
         assert bool(self.d.commits_pending) == (s.state is State.COMMITTING)
+        assert len(self.d.checks) <= 1 and (bool(self.d.checks) == (s.state in CHECKING_STATES)
+                                             or s.state is State.CLOSING)
 
     @invariant()
     def closed_means_closing(self):

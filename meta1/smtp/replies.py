@@ -168,6 +168,7 @@ class R:
     NESTED_MAIL = _r(503, "5.5.1", "Sender already specified")
     NO_VALID_RECIPIENTS = _r(554, "5.5.1", "No valid recipients")
     BDAT_MIX = _r(503, "5.5.1", "DATA and BDAT cannot be mixed")
+    NO_SERVICE = _r(503, "5.5.1", "No SMTP service here; send QUIT")   # RFC 5321 §3.1
 
     # Command syntax and framing
     UNKNOWN_COMMAND = _r(500, "5.5.1", "Command unrecognized")

@@ -58,6 +58,7 @@ from meta1.runtime.process import (announce_ready, exit_with_parent, forget_supe
                                   supervised, tell_supervisor)
 from meta1.smtp import R
 from meta1.ids import IdGenerator, IdUnavailable
+from meta1.smtps.policy import PolicyClient
 from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenContent, Send,
                                  Session, Settings, WriteContent)
 
@@ -370,6 +371,7 @@ class SmtpServer:
         self.layout = QueueLayout(config.queue_directory, config.cdb_base_directory)
         self.layout.ensure()
         self.settings = Settings.from_config(self.node, local_hostname(config.hostname))
+        self.policy_client = PolicyClient(self)
         self.instance = instance
         self.trace = trace
         self.min_free_space = self.node.min_free_space
@@ -398,6 +400,10 @@ class SmtpServer:
         except OSError:
             return False
         return st.f_bavail * st.f_frsize >= self.min_free_space
+
+    def policy(self, session: Session, check):
+        """Services.policy: the verdict, from :class:`PolicyClient`."""
+        return self.policy_client.check(session, check)
 
     def remove_content(self, writer: ContentWriter) -> None:
         """Remove a content file off the event loop (unlink waits on the journal too)."""

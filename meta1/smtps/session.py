@@ -15,12 +15,15 @@ The interface (sans-I/O)
         session.start()                  -> greeting
         session.receive(bytes)           -> replies, content effects, possibly a commit
         session.commit_result(ok, why)   -> the reply to the final dot / last chunk
+        session.policy_result(outcome, reply) -> the answer a CheckPolicy waited for
         session.timeout() / eof() / shutdown()
 
     Effects: :class:`Send` (bytes for the client), :class:`Close` (after the output is
     written), :class:`OpenContent` (at MAIL) / :class:`WriteContent` /
     :class:`DiscardContent` (the CDB content file), :class:`CommitContent` (make the content durable, hand the
-    transaction to qmgr, then call ``commit_result``). The session never touches a
+    transaction to qmgr, then call ``commit_result``). A policy verdict is asked of the
+    injected :class:`Services` (``policy(session, check)``): it answers at once, or
+    returns None and the daemon calls ``policy_result`` later. The session never touches a
     socket, a file or the clock: "now" and new ids come from the injected
     :class:`Services`, so tests run it on a manual clock and fixed ids.
 
@@ -34,15 +37,20 @@ Strategies
     * Content checks (size, line length, bare CR/LF, NUL in the header, hop count) run on
       the unstuffed content as it streams to disk; a failed check is answered only after
       the real end of the data, so the session stays in step with the client (T10).
-    * While a commit is pending the session reads nothing more (``wants_input`` is
-      False): pipelined commands wait in the buffer and are answered after the 250, in
-      order (RFC 2920 §3.2, B55).
+    * While a commit or a policy verdict is pending the session reads nothing more
+      (``wants_input`` is False): pipelined commands wait in the buffer and are answered
+      after it, in order (RFC 2920 §3.2, B55).
+    * Policy (spec/policy.md): the client is checked before the greeting, the sender
+      after MAIL has parsed, each recipient after RCPT has parsed; the verdict's refusal
+      is the reply. Where and how the verdict is reached (smar's maps, ``delay_checks``)
+      is not the session's business: it asks, waits and answers.
     * Every reply of class 4 or 5 to a command counts toward ``max_errors_per_session``,
       except 452 for too many recipients, which is flow control (RFC 5321 §4.5.3.1.10).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 from dataclasses import dataclass, field
@@ -56,7 +64,7 @@ from meta1.smtp import (ContentScanner, DataDecoder, Extensions, LineFramer, Mai
 from meta1.smtps.commands import COMMANDS, Command, split_command
 from meta1.smtp.server import Close, Send, ServerSession
 from meta1.ids import IdUnavailable, recipient_id
-from meta1.smtps.states import TABLE, Input, State
+from meta1.smtps.states import CHECKING_STATES, TABLE, Input, State
 
 log = logging.getLogger("meta1.smtps")
 
@@ -89,7 +97,27 @@ class CommitContent:
     transaction: Transaction
 
 
+@dataclass(frozen=True)
+class CheckPolicy:
+    """A question for the policy: the verdict on ``stage`` — ``"connect"`` (the client),
+    ``"mail"`` (the sender, ``sender``) or ``"rcpt"`` (``recipient``)."""
+
+    stage: str
+    sender: str | None = None
+    recipient: str | None = None
+
+
+class Outcome(enum.Enum):
+    """A policy verdict as the session acts on it."""
+
+    OK = "ok"                # go on
+    REFUSED = "refused"      # answer the verdict's reply (4xx/5xx); at connect: 554, then QUIT only
+    CLOSE = "close"          # answer the verdict's reply (421) and close
+    DISCARD = "discard"      # go on, but the transaction is accepted and thrown away
+
+
 Effect = Send | Close | OpenContent | WriteContent | DiscardContent | CommitContent
+Verdict = tuple[Outcome, "Reply | None"]
 
 
 class Services(Protocol):
@@ -103,6 +131,10 @@ class Services(Protocol):
 
     def storage_ok(self) -> bool:
         """False when the queue file system is below its free-space reserve."""
+
+    def policy(self, session: "Session", check: CheckPolicy) -> Verdict | None:
+        """The verdict on ``check`` if it is known at once; else None, and the daemon
+        calls ``session.policy_result`` when it comes."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +186,7 @@ class _Transaction:
     mail: MailArgs
     recipients: list[Recipient] = field(default_factory=list)
     rejected: int = 0
+    discard: bool = False         # the policy said DISCARD: accept, then throw away
     content_open: bool = False
     content_size: int = 0
     scanner: ContentScanner | None = None
@@ -164,7 +197,7 @@ class Session(ServerSession):
 
     log = log
     inputs = Input
-    waiting_states = (State.COMMITTING, State.CLOSING)
+    waiting_states = (State.COMMITTING, State.CLOSING, *CHECKING_STATES)
 
     def __init__(self, settings: Settings, services: Services, *, client_address: str,
                  client_port: int = 0, trace: TraceSink | None = None,
@@ -199,6 +232,10 @@ class Session(ServerSession):
         self._limit_reply: Reply = R.TOO_MANY_ERRORS
         self._bad_line_reply: Reply = R.SYNTAX
         self._close_reason = ""
+        self._checked: object = None          # the parsed MAIL/RCPT waiting for its verdict
+        self._policy_reply: Reply | None = None
+        self._discard_requested = False       # DISCARD for the sender or recipient checked
+        self.discard_all = False              # DISCARD at connect: every transaction
 
     # -- public interface ---------------------------------------------------------------
 
@@ -220,6 +257,13 @@ class Session(ServerSession):
             self._raw += data
         else:
             self.framer.feed(data)
+        self._process()
+        return self._take()
+
+    def policy_result(self, outcome: Outcome, reply: Reply | None = None) -> list[Effect]:
+        """The verdict :meth:`Services.policy` did not know at once; ``reply`` for REFUSED
+        and CLOSE."""
+        self._fire(self._verdict_input(outcome, reply))
         self._process()
         return self._take()
 
@@ -246,7 +290,7 @@ class Session(ServerSession):
             elif state is State.CHUNKING:
                 if not self._read_chunk():
                     return
-            elif state in (State.GREETED, State.READY, State.MAIL, State.RCPT, State.CHUNKED):
+            elif state in (State.GREETED, State.READY, State.MAIL, State.RCPT, State.CHUNKED, State.REFUSED):
                 item = self.framer.pop()
                 if item is None:
                     return
@@ -438,6 +482,60 @@ class Session(ServerSession):
     #    noop, vrfy, quit, refuse_unknown/bad_line/unframeable, timeout, hangup,
     #    shutdown, shutdown_later, ignore — are ServerSession's) ------------------------------
 
+    def _do_check_client(self, _):
+        return self._ask(CheckPolicy("connect"))
+
+    def _do_check_sender(self, mail):
+        self._checked = mail
+        self._discard_requested = False
+        return self._ask(CheckPolicy("mail", sender=mail[0].path.address))
+
+    def _do_check_rcpt(self, args):
+        self._checked = args
+        self._discard_requested = False
+        return self._ask(CheckPolicy("rcpt", sender=self.tx.mail.path.address if self.tx else None,
+                                     recipient=args.path.address))
+
+    def _ask(self, check: CheckPolicy) -> Input | None:
+        """The verdict's input if the services know it at once; else wait (None)."""
+        verdict = self.services.policy(self, check)
+        return None if verdict is None else self._verdict_input(*verdict)
+
+    def _verdict_input(self, outcome: Outcome, reply: Reply | None) -> Input:
+        if outcome is Outcome.DISCARD:
+            if self.state is State.CHECKING_CLIENT:
+                self.discard_all = True
+            else:
+                self._discard_requested = True
+            outcome = Outcome.OK
+        self._policy_reply = reply
+        return {Outcome.OK: Input.POLICY_OK, Outcome.REFUSED: Input.POLICY_REFUSED,
+                Outcome.CLOSE: Input.POLICY_CLOSE}[outcome]
+
+    def _do_refuse_by_policy(self, _):
+        reply = self._policy_reply or R.LOCAL_ERROR.format(hostname=self.settings.hostname)
+        checked, self._checked = self._checked, None
+        if self.state is State.REFUSED:          # the client, before the greeting (RFC 5321 §3.1)
+            log.info("%s: refused: %s", self.id, reply.encode().decode("ascii", "replace").rstrip())
+            self._send(reply)
+            return
+        if self.state is State.READY:            # the sender: no transaction begins
+            self._error(reply, "MAIL")
+            return
+        assert self.tx is not None
+        self.tx.rejected += 1
+        self._error(reply, "RCPT")
+
+    def _do_close_by_policy(self, _):
+        reply = self._policy_reply or R.LOCAL_ERROR.format(hostname=self.settings.hostname)
+        self._checked = None
+        self._send(reply)
+        self._discard_transaction()
+        self._close("refused by policy")
+
+    def _do_refuse_no_service(self, _):
+        self._send(R.NO_SERVICE)
+
     def _do_greet(self, _):
         self._send(R.GREETING.format(hostname=self.settings.hostname))
 
@@ -472,9 +570,11 @@ class Session(ServerSession):
     def _do_help(self, _):
         self._send(R.HELP)
 
-    def _do_mail(self, mail: tuple[MailArgs, str]):
-        args, ta_id = mail
-        self.tx = _Transaction(ta_id=ta_id, mail=args, content_open=True)
+    def _do_mail(self, _):
+        args, ta_id = self._checked
+        self._checked = None
+        self.tx = _Transaction(ta_id=ta_id, mail=args, content_open=True,
+                               discard=self.discard_all or self._discard_requested)
         # The content file is asked for now, two round trips before the content comes:
         # the daemon creates it off the event loop meanwhile (file creation waits on the
         # file system's journal). A transaction that never reaches DATA discards it.
@@ -483,9 +583,13 @@ class Session(ServerSession):
                  f" size={args.size}" if args.size is not None else "")
         self._send(R.SENDER_OK.format(address=args.path.address))
 
-    def _do_rcpt(self, args):
+    def _do_rcpt(self, _):
+        args, self._checked = self._checked, None
         tx = self.tx
         assert tx is not None
+        if self._discard_requested:
+            tx.discard = True
+            self._discard_requested = False
         rcpt_id = recipient_id(tx.ta_id, len(tx.recipients))
         orcpt_type, orcpt = args.orcpt if args.orcpt is not None else (None, None)
         tx.recipients.append(Recipient(rcpt_id=rcpt_id, address=args.path.address,
@@ -542,6 +646,13 @@ class Session(ServerSession):
             self._failure_reply = verdict
             self._commit_failure_reason = verdict.lines[0]
             return Input.COMMIT_FAILED
+        if tx.discard:
+            # The policy said DISCARD: the client is told it was accepted; nothing is queued.
+            log.info("%s: ta=%s discarded by policy size=%d nrcpts=%d", self.id, tx.ta_id, tx.content_size,
+                     len(tx.recipients))
+            self._emit(DiscardContent())
+            tx.content_open = False
+            return Input.COMMITTED
         mail = tx.mail
         self._emit(CommitContent(Transaction(
             ta_id=tx.ta_id, session_id=self.id, arrival=self.services.now_us(),

@@ -14,6 +14,15 @@ Reading the table
     the command's arguments were parsed and checked; a syntax or policy error is answered
     without firing, so the table only ever sees commands that will succeed.
 
+    The ``CHECKING_…`` states wait for a policy verdict (spec/policy.md): the client's
+    at connect, before the greeting; the sender's after MAIL; a recipient's after RCPT
+    (``CHECKING_FIRST_RCPT`` when the transaction has no recipient yet, so that a
+    refusal returns to ``MAIL``). Like ``COMMITTING`` they read nothing, so pipelined
+    commands wait, in order. ``POLICY_OK`` answers the command as usual, ``POLICY_REFUSED``
+    answers the verdict's 4xx/5xx and leaves the state as it was before the command;
+    ``POLICY_CLOSE`` (a 421) ends the session. A client refused at connect gets 554 and
+    ``REFUSED``: every command but QUIT gets 503 (RFC 5321 §3.1).
+
     ``TLS_HANDSHAKE`` and ``AUTH_EXCHANGE`` are entered by STARTTLS and AUTH. In this
     version no TLS or SASL is configured: their ``check`` refuses (502), so the rows that
     lead there exist (for the spec and the model) but are not taken yet.
@@ -26,9 +35,14 @@ from meta1.machine import FastEnum, Transition
 
 class State(FastEnum):
     CONNECTED = "connected"          # accepted; greeting not yet sent
+    CHECKING_CLIENT = "checking client"  # waiting for the client's verdict; no greeting yet
+    REFUSED = "refused"              # 554 greeting sent: only QUIT is accepted
     GREETED = "greeted"              # 220 sent; HELO/EHLO expected
     READY = "ready"                  # after HELO/EHLO; no transaction
+    CHECKING_SENDER = "checking sender"  # MAIL parsed, waiting for the sender's verdict
     MAIL = "mail"                    # sender accepted; no recipient yet
+    CHECKING_FIRST_RCPT = "checking first rcpt"  # RCPT parsed (none accepted yet): verdict?
+    CHECKING_RCPT = "checking rcpt"  # RCPT parsed (recipients accepted already): verdict?
     RCPT = "rcpt"                    # at least one recipient accepted
     DATA = "data"                    # reading DATA content up to <CRLF>.<CRLF>
     CHUNKING = "chunking"            # reading the octets of one BDAT chunk
@@ -62,6 +76,9 @@ class Input(FastEnum):
     LAST_CHUNK_END = "end of last chunk"
     COMMITTED = "committed"
     COMMIT_FAILED = "commit failed"
+    POLICY_OK = "policy: go on"
+    POLICY_REFUSED = "policy: refused (4xx/5xx)"
+    POLICY_CLOSE = "policy: 421, close"
     TLS_DONE = "tls done"
     AUTH_DONE = "auth done"
     TIMEOUT = "timeout"
@@ -72,15 +89,19 @@ class Input(FastEnum):
 
 S, I, T = State, Input, Transition
 
-#: States in which a command line is read and answered.
+#: States in which a command line is read and answered (``REFUSED`` answers every
+#: command but QUIT with 503, in its own rows).
 COMMAND_STATES = (S.GREETED, S.READY, S.MAIL, S.RCPT, S.CHUNKED)
 #: States inside a transaction (their content or envelope is discarded on abort).
 TRANSACTION_STATES = (S.MAIL, S.RCPT, S.DATA, S.CHUNKING, S.CHUNKED)
+#: States that wait for a policy verdict, and where a refusal of each returns to.
+CHECKING_STATES = {S.CHECKING_CLIENT: S.REFUSED, S.CHECKING_SENDER: S.READY,
+                   S.CHECKING_FIRST_RCPT: S.MAIL, S.CHECKING_RCPT: S.RCPT}
 
 
 def _rows() -> dict[tuple[State, Input], Transition[State]]:
     table: dict[tuple[State, Input], Transition[State]] = {
-        (S.CONNECTED, I.START): T("greet", S.GREETED),
+        (S.CONNECTED, I.START): T("check_client", S.CHECKING_CLIENT),
         (S.CONNECTED, I.SHUTDOWN): T("shutdown", S.CLOSING),
         (S.CONNECTED, I.EOF): T("hangup", S.CLOSING),
     }
@@ -116,18 +137,18 @@ def _rows() -> dict[tuple[State, Input], Transition[State]]:
         (S.GREETED, I.DATA): T("refuse_need_mail", S.GREETED),
         (S.GREETED, I.BDAT): T("refuse_chunk_need_mail", S.GREETED),
 
-        (S.READY, I.MAIL): T("mail", S.MAIL),
+        (S.READY, I.MAIL): T("check_sender", S.CHECKING_SENDER),
         (S.READY, I.RCPT): T("refuse_need_mail", S.READY),
         (S.READY, I.DATA): T("refuse_need_mail", S.READY),
         (S.READY, I.BDAT): T("refuse_chunk_need_mail", S.READY),
 
         (S.MAIL, I.MAIL): T("refuse_nested_mail", S.MAIL),
-        (S.MAIL, I.RCPT): T("rcpt", S.RCPT),
+        (S.MAIL, I.RCPT): T("check_rcpt", S.CHECKING_FIRST_RCPT),
         (S.MAIL, I.DATA): T("refuse_no_recipients", S.MAIL),
         (S.MAIL, I.BDAT): T("refuse_chunk_no_recipients", S.MAIL),
 
         (S.RCPT, I.MAIL): T("refuse_nested_mail", S.RCPT),
-        (S.RCPT, I.RCPT): T("rcpt", S.RCPT),
+        (S.RCPT, I.RCPT): T("check_rcpt", S.CHECKING_RCPT),
         (S.RCPT, I.DATA): T("data", S.DATA),
         (S.RCPT, I.BDAT): T("chunk", S.CHUNKING),
 
@@ -168,7 +189,40 @@ def _rows() -> dict[tuple[State, Input], Transition[State]]:
         (S.CLOSING, I.EOF): T("ignore", S.CLOSING),
         (S.CLOSING, I.TIMEOUT): T("ignore", S.CLOSING),
         (S.CLOSING, I.SHUTDOWN): T("ignore", S.CLOSING),
+        # A verdict that arrives after the client left (or after a shutdown) is dropped.
+        (S.CLOSING, I.POLICY_OK): T("ignore", S.CLOSING),
+        (S.CLOSING, I.POLICY_REFUSED): T("ignore", S.CLOSING),
+        (S.CLOSING, I.POLICY_CLOSE): T("ignore", S.CLOSING),
     })
+    # Waiting for a verdict (spec/policy.md).
+    for state, refused in CHECKING_STATES.items():
+        table.update({
+            (state, I.POLICY_REFUSED): T("refuse_by_policy", refused),
+            (state, I.POLICY_CLOSE): T("close_by_policy", S.CLOSING),
+            (state, I.EOF): T("hangup", S.CLOSING),
+            (state, I.SHUTDOWN): T("shutdown", S.CLOSING),
+            (state, I.TIMEOUT): T("timeout", S.CLOSING),
+        })
+    table.update({
+        (S.CHECKING_CLIENT, I.POLICY_OK): T("greet", S.GREETED),
+        (S.CHECKING_SENDER, I.POLICY_OK): T("mail", S.MAIL),
+        (S.CHECKING_FIRST_RCPT, I.POLICY_OK): T("rcpt", S.RCPT),
+        (S.CHECKING_RCPT, I.POLICY_OK): T("rcpt", S.RCPT),
+    })
+    # RFC 5321 §3.1: after a 554 greeting the server waits for QUIT, refusing the rest.
+    for input in Input:
+        table[S.REFUSED, input] = T("refuse_no_service", S.REFUSED)
+    table.update({
+        (S.REFUSED, I.QUIT): T("quit", S.CLOSING),
+        (S.REFUSED, I.UNFRAMEABLE): T("refuse_unframeable", S.CLOSING),
+        (S.REFUSED, I.TIMEOUT): T("timeout", S.CLOSING),
+        (S.REFUSED, I.EOF): T("hangup", S.CLOSING),
+        (S.REFUSED, I.SHUTDOWN): T("shutdown", S.CLOSING),
+        (S.REFUSED, I.TOO_MANY_ERRORS): T("too_many_errors", S.CLOSING),
+    })
+    for input in (I.START, I.DATA_END, I.CHUNK_END, I.LAST_CHUNK_END, I.COMMITTED, I.COMMIT_FAILED,
+                  I.TLS_DONE, I.AUTH_DONE, I.POLICY_OK, I.POLICY_REFUSED, I.POLICY_CLOSE):
+        del table[S.REFUSED, input]       # inputs of other states: never in REFUSED
     return table
 
 
