@@ -3,7 +3,7 @@
 Responsibilities
     Name every record type of the inter-daemon protocols with its type id, and check the
     opening handshake. S2Q marks smtps → qmgr, Q2S qmgr → smtps; Q2A/A2Q qmgr ↔ smar
-    (routes); Q2C/C2Q qmgr ↔ smtpc (deliveries);
+    (routes, and the policy checks qmgr passes on from smtps); Q2C/C2Q qmgr ↔ smtpc (deliveries);
     Ctl2Q/Q2Ctl ``meta1 qmgrctl`` ↔ qmgr (operator commands). The table of ids is in spec/queue.md.
 
 Protocol
@@ -111,6 +111,36 @@ class CommitResult:
     ta_id: str
     ok: bool
     reason: str
+
+
+# -- smtps -> qmgr -> smar: policy checks (spec/policy.md) -----------------------------------
+
+@record(60)
+class PolicyCheck:
+    """S2Q, then Q2A: the verdict on a session's client (``stage`` "connect"), sender
+    ("mail") or recipient ("rcpt"); "end" says the session is over (no answer). qmgr
+    passes it on to smar with its own ``request_id``. ``relay_granted``: AUTH or a client
+    certificate gave relay rights (later issues)."""
+
+    request_id: int
+    session_id: str
+    stage: str
+    client_address: str
+    client_port: int
+    helo: str
+    sender: str | None
+    recipient: str | None
+    relay_granted: bool
+
+
+@record(61)
+class PolicyVerdict:
+    """A2Q, then Q2S: ``outcome`` "ok", "refused" (``reply``, a 4xx/5xx), "close" (``reply``,
+    a 421) or "discard"; ``reply`` is the whole reply line, e.g. "550 5.7.1 Relaying denied"."""
+
+    request_id: int
+    outcome: str
+    reply: str
 
 
 # -- qmgr <-> smar: routes ------------------------------------------------------------------

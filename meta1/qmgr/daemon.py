@@ -39,7 +39,7 @@ import time
 
 from meta1.ids import ID_PATTERN
 from meta1.eventloop import EventLoop, GroupCommit, WorkerPool
-from meta1.ipc.records import Commit, CommitResult, Transaction
+from meta1.ipc.records import Commit, CommitResult, PolicyCheck, Transaction
 from meta1.qmgr.control import ControlServer
 from meta1.qmgr.delivery import DeliveryManager
 from meta1.queue.cdb import syncfs
@@ -79,7 +79,8 @@ class QueueManager:
         self.root_fd = os.open(self.layout.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.directory_fds: dict[str, int] = {}
         self.smtps = LinkServer(self.loop, self.layout.smtps_socket, role="qmgr", peer_role="smtps",
-                                on_record=self._record)
+                                on_record=self._record,
+                                on_lost=lambda link, exc: self.delivery.policy.smtps_lost(link))
         self.stopping = False
         self.replayed = None
         self.delivery = DeliveryManager(self, config)
@@ -234,6 +235,9 @@ class QueueManager:
         return None
 
     def _record(self, link: RecordLink, record: object) -> None:
+        if isinstance(record, PolicyCheck):
+            self.delivery.policy.check(link, record)
+            return
         if not isinstance(record, Commit):
             log.error("unexpected record %s from smtps; closing the link", type(record).__name__)
             link.close()

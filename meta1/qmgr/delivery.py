@@ -57,8 +57,9 @@ from collections.abc import Callable
 
 from meta1.eventloop import Alarm, GroupCommit, WorkerPool
 from meta1.ids import IdGenerator
-from meta1.ipc.records import (Delivery, DeliveryResult, IdleClosed, RecipientsDone, Recipient, RouteRequest,
-                               RouteResult, Target, Transaction)
+from meta1.ipc.records import (Delivery, DeliveryResult, IdleClosed, PolicyVerdict, RecipientsDone, Recipient,
+                               RouteRequest, RouteResult, Target, Transaction)
+from meta1.qmgr.policy import PolicyRelay
 from meta1.qmgr.dsn import Action, MessageKind, NoDsn, Original, RecipientReport, build_dsn, plan_dsn
 from meta1.qmgr.scheduler import (Bounce, DeliveryAgentLost, DeliveryEnded, DelayWarning, Exchanger, Final,
                                   RecipientEntry, RecipientOutcome, RecordDeferred, RecordDone, RecordHold,
@@ -136,6 +137,7 @@ class DeliveryManager:
         self.ids = IdGenerator(id_state.start(now_us()), QMGR_ID_INDEX, reserve=id_state.reserve)
         self.smar = LinkClient(self.loop, self.layout.smar_socket, role="qmgr", peer_role="smar",
                                on_ready=self._smar_ready, on_record=self._smar_record, on_lost=self._smar_lost)
+        self.policy = PolicyRelay(self.smar)            # smtps' policy checks, passed to smar
         self.route_requests: dict[int, str] = {}       # sent to smar: request id -> next hop
         self.routes_unsent: list[str] = []
         self._request_ids = iter(range(1, 1 << 62))
@@ -269,6 +271,9 @@ class DeliveryManager:
             self._resolve(nexthop)
 
     def _smar_record(self, link: RecordLink, record: object) -> None:
+        if isinstance(record, PolicyVerdict):
+            self.policy.verdict(record)
+            return
         if not isinstance(record, RouteResult):
             log.error("unexpected record %s from smar; closing the link", type(record).__name__)
             link.close()
@@ -286,6 +291,7 @@ class DeliveryManager:
             self.handle(RouteFailed(nexthop, permanent, f"{code} {record.status} {record.reason}"))
 
     def _smar_lost(self, link: RecordLink, exc: BaseException | None) -> None:
+        self.policy.smar_lost()
         pending, self.route_requests = self.route_requests, {}
         for nexthop in pending.values():
             self.handle(RouteFailed(nexthop, False, "451 4.4.3 the address resolver (smar) is not reachable"))

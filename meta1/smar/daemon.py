@@ -10,6 +10,8 @@ Responsibilities (this version: routes for delivery; map lookups come with the m
       temporary or permanent failure with its enhanced status code.
     * An address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``, RFC 5321 §4.1.3) is its
       own route: no DNS.
+    * Answer every :class:`~meta1.ipc.records.PolicyCheck` qmgr passes on from smtps
+      (:mod:`meta1.smar.policy`).
 
 Strategy
     Requests are independent and answered as they complete, not in order; each carries
@@ -31,13 +33,14 @@ import logging
 import signal
 
 from meta1.eventloop import EventLoop
-from meta1.ipc.records import Exchanger, RouteRequest, RouteResult
+from meta1.ipc.records import Exchanger, PolicyCheck, RouteRequest, RouteResult
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkServer, RecordLink
 from meta1.runtime.process import announce_ready, run_loop
 from meta1.smar.cache import TtlCache
 from meta1.smar.nameservers import RESOLV_CONF, load_resolver_settings
 from meta1.smar.plans import MxResult
+from meta1.smar.policy import PolicyService
 from meta1.smar.resolver import Resolver
 
 log = logging.getLogger("meta1.smar")
@@ -81,8 +84,12 @@ class AddressResolver:
         self.resolver = Resolver.from_settings(self.loop, settings, cache=TtlCache())
         self.qmgr = LinkServer(self.loop, self.layout.smar_socket, role="smar", peer_role="qmgr",
                                on_record=self._record)
+        self.policy = PolicyService(config)
 
     def _record(self, link: RecordLink, record: object) -> None:
+        if isinstance(record, PolicyCheck):
+            self.policy.check(link, record)
+            return
         if not isinstance(record, RouteRequest):
             log.error("unexpected record %s from qmgr; closing the link", type(record).__name__)
             link.close()

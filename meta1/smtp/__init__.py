@@ -21,7 +21,7 @@ from meta1.smtp.framing import (BareLF, CommandLine, ContentScanner, DataDecoder
                                 LineTooLong)
 from meta1.smtp.params import (Extensions, MailArgs, ParamError, RcptArgs, parse_mail,
                                parse_rcpt, xtext_decode, xtext_encode)
-from meta1.smtp.replies import MAX_REPLY_LINE, R, Reply, catalogue
+from meta1.smtp.replies import MAX_REPLY_LINE, R, Reply, catalogue, reply_from_line
 from meta1.smtp.text import comment_safe, format_date, is_printable, printable
 
 __all__ = [
@@ -29,5 +29,5 @@ __all__ = [
     "LineFramer", "LineTooLong", "MAX_REPLY_LINE", "MailArgs", "Mailbox", "ParamError", "Path",
     "R", "RcptArgs", "Reply", "SMTPError", "catalogue", "comment_safe", "format_date",
     "is_printable", "parse_forward_path", "parse_mail", "parse_rcpt", "parse_reverse_path",
-    "printable", "xtext_decode", "xtext_encode",
+    "printable", "reply_from_line", "xtext_decode", "xtext_encode",
 ]

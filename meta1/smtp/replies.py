@@ -138,6 +138,18 @@ def _r(code: int, status: str | None, *lines: str) -> Reply:
     return Reply(code, status, lines)
 
 
+def reply_from_line(line: str) -> Reply:
+    """``"550 5.7.1 text"`` (or without the enhanced status) as a :class:`Reply`; the text
+    made printable. ValueError when it is no reply line (a code 200..599 first)."""
+    code_text, _, rest = line.strip().partition(" ")
+    if not (len(code_text) == 3 and code_text.isdigit()):
+        raise ValueError(f"not a reply line: {line[:40]!r}")
+    status, _, text = rest.partition(" ")
+    if not _STATUS.fullmatch(status):
+        status, text = None, rest
+    return Reply(int(code_text), status, (printable(text)[:MAX_REPLY_LINE - 20],))
+
+
 class R:
     """The catalogue of server replies. Codes and enhanced codes are fixed; texts are ours."""
 

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from meta1.eventloop import (Connection, EventLoop, Listener, Protocol, WorkerPool,
                              listen_tcp, listen_unix)
-from meta1.ipc.records import Commit, CommitResult, Transaction
+from meta1.ipc.records import Commit, CommitResult, PolicyVerdict, Transaction
 from meta1.queue.cdb import ContentWriter
 from meta1.queue.idstate import IdState
 from meta1.queue.layout import QueueLayout
@@ -58,7 +58,7 @@ from meta1.runtime.process import (announce_ready, exit_with_parent, forget_supe
                                   supervised, tell_supervisor)
 from meta1.smtp import R
 from meta1.ids import IdGenerator, IdUnavailable
-from meta1.smtps.policy import PolicyClient
+from meta1.smtps.policy import PolicyClient, asks_smar
 from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenContent, Send,
                                  Session, Settings, WriteContent)
 
@@ -75,6 +75,8 @@ class QmgrClient:
         self.loop = loop
         self.commit_timeout = commit_timeout
         self.pending: dict[str, tuple[object, object]] = {}
+        self.on_verdict = lambda record: None       # the PolicyClient's, set by the server
+        self.on_link_lost = lambda: None
         self.client = LinkClient(loop, socket_path, role="smtps", peer_role="qmgr", instance=instance,
                                  on_record=self._record, on_lost=self._lost)
 
@@ -110,6 +112,8 @@ class QmgrClient:
     def _record(self, link: RecordLink, record: object) -> None:
         if isinstance(record, CommitResult):
             self._finish(record.ta_id, record.ok, record.reason, False)
+        elif isinstance(record, PolicyVerdict):
+            self.on_verdict(record)
         else:
             log.error("unexpected record from qmgr: %s; closing the link", type(record).__name__)
             link.close()
@@ -117,6 +121,7 @@ class QmgrClient:
     def _lost(self, link: RecordLink, exc: BaseException | None) -> None:
         for ta_id in list(self.pending):
             self._finish(ta_id, False, "connection to qmgr lost", True)
+        self.on_link_lost()
 
 
 class SmtpServerConnection(Protocol):
@@ -151,6 +156,7 @@ class SmtpServerConnection(Protocol):
             conn.close_when_flushed()
             return
         self.server.sessions.add(self)
+        self.server.by_session[self.session.id] = self
         self.apply(self.session.start())
 
     def data_received(self, data: bytes) -> None:
@@ -371,7 +377,6 @@ class SmtpServer:
         self.layout = QueueLayout(config.queue_directory, config.cdb_base_directory)
         self.layout.ensure()
         self.settings = Settings.from_config(self.node, local_hostname(config.hostname))
-        self.policy_client = PolicyClient(self)
         self.instance = instance
         self.trace = trace
         self.min_free_space = self.node.min_free_space
@@ -381,6 +386,10 @@ class SmtpServer:
         self.opener = WorkerPool(self.loop, threads=1, name="smtps-opener")
         self.qmgr = QmgrClient(self.loop, self.layout.smtps_socket, instance,
                                commit_timeout=float(self.node.io_timeout))
+        self.policy_client = PolicyClient(self, asks_smar(config))
+        self.qmgr.on_verdict = self.policy_client.verdict
+        self.qmgr.on_link_lost = self.policy_client.link_lost
+        self.by_session: dict[str, SmtpServerConnection] = {}
         self.listen_sockets = listen_sockets if listen_sockets is not None else bind(self.node)
         self.listeners: list[Listener] = []
         self.stopping = False
@@ -464,7 +473,13 @@ class SmtpServer:
 
     def session_ended(self, connection: "SmtpServerConnection") -> None:
         self.sessions.discard(connection)
+        if connection.session is not None and self.by_session.pop(connection.session.id, None) is not None:
+            self.policy_client.session_ended(connection.session)
         self._stop_when_idle()
+
+    def connection_of(self, session_id: str) -> "SmtpServerConnection | None":
+        """The connection of a session still going on (a policy verdict's addressee)."""
+        return self.by_session.get(session_id)
 
     def _stop_when_idle(self) -> None:
         # Called at shutdown and whenever a session ends: the last one stops the loop.

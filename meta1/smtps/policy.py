@@ -3,29 +3,119 @@
 Responsibilities
     A session asks for a verdict on its client (at connect), its sender (MAIL) and each
     recipient (RCPT) and waits (:mod:`meta1.smtps.session`). :class:`PolicyClient` gets
-    the verdict and hands it back with ``session.policy_result``. The decisions themselves
-    are smar's (spec/policy.md): the access map, local users, aliases, relaying.
+    the verdict and hands it back: at once (``Services.policy`` returns it), or later
+    through ``session.policy_result``. The decisions are smar's (spec/policy.md).
 
-Strategy
-    In this version no policy is configured yet, so every check is answered at once with
-    ``Outcome.OK``, returned straight to the session (``Services.policy``), so a check
-    costs a function call. When smar's policy lands, checks that
-    need a map go to qmgr (which asks smar) and wait, and checks that need none are
-    answered here by the same pure core.
+Where the verdict comes from
+    * A configuration that gives smar nothing to look up for sessions (no access map, no
+      local users, aliases, mailertable or greylisting) leaves nothing to ask: the check
+      is answered here at once, for the cost of a function call.
+    * Otherwise the check goes to qmgr (which passes it to smar, DESIGN.md) as a
+      :class:`~meta1.ipc.records.PolicyCheck`, and the :class:`PolicyVerdict` comes back
+      on the same link. qmgr not connected, the link lost, or no answer within
+      ``IO_timeout``: a temporary failure (``421 4.3.0`` at connect, ``451 4.3.0`` at
+      MAIL/RCPT), never "ok". When a session that asked smar ends, smar is told
+      (stage "end") so that it can forget the session.
 """
 
 from __future__ import annotations
 
+import logging
+
+from meta1.ipc.records import PolicyCheck, PolicyVerdict
+from meta1.smtp import R, reply_from_line
 from meta1.smtps.session import CheckPolicy, Outcome
+
+log = logging.getLogger("meta1.smtps")
+
+#: The smar sections that make a session's checks smar's business.
+POLICY_SECTIONS = ("access_map", "local_user_map", "aliases", "mailertable", "greylisting")
+OUTCOMES = {"ok": Outcome.OK, "refused": Outcome.REFUSED, "close": Outcome.CLOSE, "discard": Outcome.DISCARD}
+UNAVAILABLE = {"connect": (Outcome.CLOSE, "421 4.3.0 policy service not available; try again later"),
+               "mail": (Outcome.REFUSED, "451 4.3.0 policy service not available; try again later"),
+               "rcpt": (Outcome.REFUSED, "451 4.3.0 policy service not available; try again later")}
+
+
+def asks_smar(config) -> bool:
+    """Whether the configuration gives smar something to check for sessions."""
+    smar = config.smar
+    return any(smar.sections.get(name) is not None for name in POLICY_SECTIONS)
 
 
 class PolicyClient:
-    """See the module docstring; ``server`` is the SmtpServer."""
+    """See the module docstring; ``server`` is the SmtpServer (its loop, its qmgr link,
+    its connections by session id)."""
 
-    def __init__(self, server):
+    def __init__(self, server, remote: bool):
         self.server = server
+        self.remote = remote
+        self.timeout = server.settings.io_timeout
+        self.pending: dict[int, tuple[str, object]] = {}     # request id -> (session id, timer)
+        self.asked: set[str] = set()                          # sessions smar knows
+        self._ids = iter(range(1, 1 << 62))
 
     def check(self, session, request: CheckPolicy):
-        """The verdict on ``request`` if known at once, else None (asked elsewhere; the
-        answer then comes through ``session.policy_result``)."""
-        return Outcome.OK, None
+        """The verdict on ``request`` if known at once, else None (asked of smar)."""
+        if not self.remote:
+            return Outcome.OK, None
+        qmgr = self.server.qmgr
+        if not qmgr.ready:
+            return self._unavailable(session.id, request.stage, "qmgr not connected")
+        request_id = next(self._ids)
+        timer = self.server.loop.call_later(self.timeout, lambda: self._expire(request_id, request.stage))
+        self.pending[request_id] = (session.id, timer)
+        self.asked.add(session.id)
+        qmgr.client.send(PolicyCheck(request_id, session.id, request.stage, session.client_address,
+                                     session.client_port, session.helo or "", request.sender, request.recipient,
+                                     False))
+        return None
+
+    def verdict(self, record: PolicyVerdict) -> None:
+        """From qmgr: the answer to one of our checks."""
+        entry = self.pending.pop(record.request_id, None)
+        if entry is None:
+            return                      # expired meanwhile: answered already
+        session_id, timer = entry
+        timer.cancel()
+        try:
+            outcome = OUTCOMES[record.outcome]
+            reply = reply_from_line(record.reply) if record.reply else None
+        except (KeyError, ValueError):
+            log.error("%s: unusable policy verdict %r %r", session_id, record.outcome, record.reply[:80])
+            outcome, reply = Outcome.CLOSE, R.LOCAL_ERROR.format(hostname=self.server.settings.hostname)
+        self._deliver(session_id, outcome, reply)
+
+    def link_lost(self) -> None:
+        for request_id in list(self.pending):
+            self._expire(request_id, None)
+
+    def session_ended(self, session) -> None:
+        if session.id in self.asked:
+            self.asked.discard(session.id)
+            if self.server.qmgr.ready:
+                self.server.qmgr.client.send(PolicyCheck(0, session.id, "end", session.client_address,
+                                                         session.client_port, "", None, None, False))
+
+    def _expire(self, request_id: int, stage: str | None) -> None:
+        entry = self.pending.pop(request_id, None)
+        if entry is None:
+            return
+        session_id, timer = entry
+        timer.cancel()
+        connection = self.server.connection_of(session_id)
+        if connection is None:
+            return
+        stage = stage or {"CHECKING_CLIENT": "connect", "CHECKING_SENDER": "mail"}.get(
+            connection.session.state.name, "rcpt")
+        outcome, reply = self._unavailable(session_id, stage, "no verdict from qmgr/smar")
+        connection.apply(connection.session.policy_result(outcome, reply))
+
+    def _unavailable(self, session_id: str, stage: str, why: str):
+        log.warning("%s: policy check at %s not possible: %s", session_id, stage, why)
+        outcome, line = UNAVAILABLE[stage]
+        return outcome, reply_from_line(line)
+
+    def _deliver(self, session_id: str, outcome: Outcome, reply) -> None:
+        connection = self.server.connection_of(session_id)
+        if connection is not None and connection.session is not None:
+            connection.apply(connection.session.policy_result(outcome, reply))
