@@ -16,7 +16,8 @@ MODELS = {path.stem: load(path) for path in model_files()}
 def test_every_invariant_holds(name) -> None:
     result = check(MODELS[name])
     assert result.ok, result.report()
-    assert result.states > 10 and result.transitions >= result.states - 1
+    initial = len(list(MODELS[name].initial()))
+    assert result.states > 10 and result.transitions >= result.states - initial   # every other state was reached
 
 
 VARIANTS = [(name, variant) for name, model in sorted(MODELS.items()) for variant in getattr(model, "variants", {})]
