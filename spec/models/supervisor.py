@@ -4,8 +4,8 @@ service whose dependency failed for good (spec/mcp.md, B74, B75, T68).
 An abstraction of :mod:`meta1.mcp.supervisor`: three services in MeTA1's example
 relation — ``qmgr`` restarts ``smtps`` with it, ``smar`` restarts ``qmgr`` and ``smtps``.
 A running service may die (a crash, counted) or exit 78 (a configuration error); a
-counted death makes it wait for a restart, and the ``LIMIT``-th counted death fails it
-for good. A failed service blocks its dependents, transitively: they are stopped and
+counted death makes it wait for a restart — and its ``restart_dependencies`` with it —
+and the ``LIMIT``-th counted death fails it for good. A failed service blocks its dependents, transitively: they are stopped and
 stay down. Time is abstract: a waiting service may be restarted at any step (the pause
 has passed); deaths are not forgotten (the worst case of ``restart_period``).
 
@@ -36,6 +36,7 @@ class Service(NamedTuple):
     state: str = "running"     # running | waiting | failed | blocked
     deaths: int = 0
     restarts: int = 0          # starts after its own deaths
+    own: bool = False          # waiting after its own death (not a dependency's)
 
 
 State = tuple  # tuple[Service, ...] in SERVICES order
@@ -73,7 +74,8 @@ class Supervisor:
                 yield f"{name} exits 78", self._death(state, name, permanent=True)
             if service.state == "waiting":
                 after = list(state)
-                after[i] = service._replace(state="running", restarts=service.restarts + 1)
+                after[i] = service._replace(state="running", own=False,
+                                            restarts=service.restarts + (1 if service.own else 0))
                 yield f"{name} restarted", tuple(after)
 
     def _death(self, state, name: str, permanent: bool):
@@ -88,11 +90,11 @@ class Supervisor:
                 elif not self.blocks and services[dependent].state == "running":
                     services[dependent] = services[dependent]._replace(state="running")
         else:
-            services[name] = service._replace(state="waiting", deaths=deaths)
+            services[name] = service._replace(state="waiting", deaths=deaths, own=True)
             # its restart_dependencies are stopped and started again with it (B74)
             for dependent in DEPENDENTS[name]:
                 if services[dependent].state == "running":
-                    services[dependent] = services[dependent]._replace(state="running")
+                    services[dependent] = services[dependent]._replace(state="waiting", own=False)
         return tuple(services[n] for n in SERVICES)
 
     @staticmethod
