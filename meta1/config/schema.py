@@ -573,6 +573,11 @@ ROOT = SectionSpec(
                                             "local5", "local6", "local7")), NOT_SET,
                    "Also send every log line to syslog with this facility.", EXT, unset_means="no syslog"),
         OptionSpec("syslog_socket", Path(), "/dev/log", "The syslog daemon's socket (syslog_facility).", EXT),
+        OptionSpec("trace_file", Path(), NOT_SET,
+                   "File every daemon appends its state-machine transitions to, one JSON object "
+                   "per line (daemon, machine, id, old, input, new, time), for "
+                   "`python3 -m meta1.tools.tracecheck`; relative to the queue directory.", EXT,
+                   unset_means="no trace"),
     ),
     sections=(MCP, QMGR, SMTPS, SMTPC, SMAR, LMTPD),
 )

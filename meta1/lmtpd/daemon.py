@@ -39,7 +39,7 @@ from meta1.lmtpd.mailbox import DeliveryRequest, Outcome
 from meta1.lmtpd.session import Close, Deliver, Send, Session, Settings
 from meta1.lmtpd.states import State
 from meta1.queue.layout import DIRECTORY_MODE
-from meta1.runtime.process import announce_ready, local_hostname, run_loop
+from meta1.runtime.process import announce_ready, local_hostname, run_loop, trace_sink
 from meta1.smtp.text import printable
 
 log = logging.getLogger("meta1.lmtpd")
@@ -64,7 +64,7 @@ class LmtpConnection(Protocol):
     def connection_made(self, conn: Connection) -> None:
         self.conn = conn
         self.session = Session(self.server.settings, self.server.new_session_id(),
-                               clock=self.server.loop.time)
+                               clock=self.server.loop.time, trace=self.server.trace)
         self.server.sessions.add(self)
         self.apply(self.session.start())
 
@@ -148,6 +148,7 @@ class LmtpServer:
         self.workers = WorkerPool(self.loop, threads=WORKER_THREADS, name="lmtpd-maildir")
         self.sessions: set[LmtpConnection] = set()
         self.listener: Listener | None = None
+        self.trace = trace_sink(config)
         self.stopping = False
         self._session_count = 0
 

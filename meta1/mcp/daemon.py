@@ -52,7 +52,9 @@ from meta1.mcp.supervisor import (SECOND, ExitStatus, Exited, Finished, Kill, No
 from meta1.queue.cdb import CONTENT_GROUP_ENV
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.fdpass import pass_listen_sockets
-from meta1.runtime.process import EX_CONFIG, EX_TEMPFAIL, PARENT_ENV, SUPERVISION_FD_ENV, run_loop
+from meta1.machine import ndjson_sink
+from meta1.runtime.process import (EX_CONFIG, EX_TEMPFAIL, PARENT_ENV, SUPERVISION_FD_ENV, TRACE_FD_ENV,
+                                   open_trace_file, run_loop)
 
 log = logging.getLogger("meta1.mcp")
 
@@ -114,7 +116,10 @@ class Mcp:
         self._lock()
         self._bind(services)
         self.services = {s.name: s for s in services}
-        self.supervisor = Supervisor([s.spec for s in services], SupervisorPolicy.from_config(self.config))
+        self.trace_fd = open_trace_file(self.config)
+        self.supervisor = Supervisor([s.spec for s in services], SupervisorPolicy.from_config(self.config),
+                                     trace=None if self.trace_fd is None else
+                                     ndjson_sink(lambda line: os.write(self.trace_fd, line.encode())))
 
     def _prepare_queue(self, services: list[Service]) -> None:
         if not self.as_root:
@@ -245,6 +250,10 @@ class Mcp:
         env = {k: os.environ[k] for k in KEPT_ENVIRONMENT if k in os.environ}
         env[SUPERVISION_FD_ENV] = str(write_end)
         env[PARENT_ENV] = str(os.getpid())
+        inherited = (write_end,)
+        if self.trace_fd is not None:
+            env[TRACE_FD_ENV] = str(self.trace_fd)
+            inherited += (self.trace_fd,)
         account = service.account
         options = {}
         if account is not None:
@@ -253,7 +262,7 @@ class Mcp:
                 env[CONTENT_GROUP_ENV] = str(account.groups[0])
         try:
             process = subprocess.Popen(service.argv, executable=service.executable, env=env,
-                                       pass_fds=(write_end,), stdin=subprocess.DEVNULL,
+                                       pass_fds=inherited, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, cwd=self.queue, start_new_session=True,
                                        umask=0o027, **options)
         except OSError as error:

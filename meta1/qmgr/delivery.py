@@ -71,7 +71,7 @@ from meta1.queue.defedb import (DeferredRecipient, DeferredTransaction, PutRecip
                                 RecipientState, RemoveRecipient, RemoveTransaction, open_defedb)
 from meta1.queue.idstate import IdState
 from meta1.runtime.link import LinkClient, LinkServer, RecordLink
-from meta1.runtime.process import local_hostname
+from meta1.runtime.process import local_hostname, trace_sink
 
 log = logging.getLogger("meta1.qmgr")
 
@@ -125,7 +125,7 @@ class DeliveryManager:
         self.lmtp_path = (os.path.join(config.queue_directory, lmtp_socket)
                           if isinstance(lmtp_socket, str) and lmtp_socket else None)
         self.lmtp_nexthop = f"lmtp:{self.lmtp_path}" if self.lmtp_path else None
-        self.scheduler = Scheduler(SchedulerConfig.from_config(config))
+        self.scheduler = Scheduler(SchedulerConfig.from_config(config), trace=trace_sink(config))
         self.defedb, quarantined = open_defedb(self.layout, now=now_us())
         for path in quarantined:
             log.error("DEFEDB was damaged and is quarantined as %s: deferred recipients in it are "

@@ -73,6 +73,32 @@ def redirect_stderr(path: str) -> None:
     os.close(fd)
 
 
+#: mcp's open trace file, inherited by the daemons it starts (they may not open it: as
+#: root mcp makes it in the queue directory, which only root may write).
+TRACE_FD_ENV = "META1_TRACE_FD"
+
+
+def open_trace_file(config) -> int | None:
+    """The descriptor of ``trace_file`` opened for appending (None: no trace)."""
+    path = config.trace_file
+    if not isinstance(path, str):
+        return None
+    return os.open(os.path.join(config.queue_directory, path),
+                   os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+
+
+def trace_sink(config):
+    """The state-machine trace sink of ``trace_file`` (None: no trace): mcp's inherited
+    descriptor, or the file opened here. Each record is one ``write(2)`` of one line to a
+    file opened with O_APPEND, so the lines of all daemons never interleave."""
+    inherited = os.environ.get(TRACE_FD_ENV, "")
+    fd = int(inherited) if inherited.isdigit() else open_trace_file(config)
+    if fd is None:
+        return None
+    from meta1.machine import ndjson_sink
+    return ndjson_sink(lambda line: os.write(fd, line.encode("utf-8", "surrogateescape")))
+
+
 def limit_core_dumps() -> None:
     """No core files: a daemon's memory holds mail and secrets (reliability T73)."""
     import resource

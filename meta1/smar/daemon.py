@@ -36,7 +36,7 @@ from meta1.eventloop import EventLoop
 from meta1.ipc.records import Exchanger, PolicyCheck, RouteRequest, RouteResult
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkServer, RecordLink
-from meta1.runtime.process import announce_ready, run_loop
+from meta1.runtime.process import announce_ready, run_loop, trace_sink
 from meta1.smar.cache import TtlCache
 from meta1.smar.nameservers import RESOLV_CONF, load_resolver_settings
 from meta1.smar.plans import MxResult
@@ -81,7 +81,7 @@ class AddressResolver:
         self.layout.ensure()
         settings = load_resolver_settings(config.smar, resolv_conf)   # NoNameserverError: B62
         self.nameservers = settings.nameservers
-        self.resolver = Resolver.from_settings(self.loop, settings, cache=TtlCache())
+        self.resolver = Resolver.from_settings(self.loop, settings, cache=TtlCache(), trace=trace_sink(config))
         self.qmgr = LinkServer(self.loop, self.layout.smar_socket, role="smar", peer_role="qmgr",
                                on_record=self._record)
         self.policy = PolicyService(config)

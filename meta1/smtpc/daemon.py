@@ -44,7 +44,7 @@ from meta1.ipc.records import Delivery, DeliveryResult, IdleClosed, RecipientRes
 from meta1.queue.cdb import iter_content
 from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkClient, RecordLink
-from meta1.runtime.process import announce_ready, local_hostname, run_loop
+from meta1.runtime.process import announce_ready, local_hostname, run_loop, trace_sink
 from meta1.smtp.replies import Reply
 from meta1.smtp.text import printable
 from meta1.smtpc import session as sessions
@@ -73,7 +73,9 @@ class ClientConnection(Protocol):
         self.port = port
         self.lmtp = lmtp
         self.key = (candidate.address, port, lmtp)
-        self.session = Session(Settings(helo_name=client.hostname, lmtp=lmtp))
+        client.sessions_made += 1      # the trace's instance id: one per connection
+        self.session = Session(Settings(helo_name=client.hostname, lmtp=lmtp),
+                               instance=f"{candidate.address}:{port}/{client.sessions_made}", trace=client.trace)
         self.conn: Connection | None = None
         self.attempt: DeliveryAttempt | None = None
         self.timer = None
@@ -204,7 +206,7 @@ class DeliveryAttempt:
             exchangers[(target.preference, target.host)].append(target.address)
         self.ports = {t.address: t.port for t in record.targets}
         self.plan = AddressPlan([(pref, host, addresses) for (pref, host), addresses in exchangers.items()],
-                                client.rng)
+                                client.rng, instance=record.transaction.ta_id, trace=client.trace)
         self.tried: list[str] = []
         self.where = ""
         self.address = ""                      # of the session that carried the transaction
@@ -330,6 +332,8 @@ class MailClient:
         self.io_timeout = float(config.smtpc.IO_timeout)
         self.final_dot_timeout = float(config.smtpc.final_dot_timeout)
         self.rng = rng or random.SystemRandom()
+        self.trace = trace_sink(config)
+        self.sessions_made = 0
         self.attempts: dict[int, DeliveryAttempt] = {}
         self.idle: dict[tuple, list[ClientConnection]] = defaultdict(list)
         self.qmgr = LinkClient(self.loop, self.layout.smtpc_socket, role="smtpc", peer_role="qmgr",

@@ -55,7 +55,7 @@ from meta1.queue.layout import QueueLayout
 from meta1.runtime.link import LinkClient, RecordLink
 from meta1.runtime.fdpass import receive_listen_sockets
 from meta1.runtime.process import (announce_ready, exit_with_parent, forget_supervisor, local_hostname, run_loop,
-                                  supervised, tell_supervisor)
+                                  supervised, tell_supervisor, trace_sink)
 from meta1.smtp import R
 from meta1.ids import IdGenerator, IdUnavailable
 from meta1.smtps.policy import PolicyClient, asks_smar
@@ -522,7 +522,7 @@ def serve(config, name: str | None = None, instance: int = 0, *,
                 relog(index)
             break
         children.append(pid)
-    server = SmtpServer(config, name, instance=index, listen_sockets=sockets)
+    server = SmtpServer(config, name, instance=index, listen_sockets=sockets, trace=trace_sink(config))
     if children:
         def stop_children() -> None:
             for child in children:
