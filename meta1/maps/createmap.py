@@ -7,7 +7,7 @@ Synopsis
         ``.db`` suffix); relative names are relative to ``queue_directory``. A map of type
         ``regex`` is checked (every pattern compiled) and nothing is written.
     ``meta1 createmap SOURCE OUTPUT``
-        build OUTPUT from the text file SOURCE, no configuration needed.
+        build OUTPUT from the text file SOURCE, no configuration needed (D-MAP-4).
     ``meta1 createmap --dump FILE``
         print a map file's entries as ``key value`` lines (a valid source again).
 

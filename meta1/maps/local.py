@@ -8,10 +8,10 @@ Responsibilities
     * :class:`HashMap` (``type = hash``): a file built by ``meta1 createmap``
       (:mod:`meta1.maps.hashfile`), read a key at a time.
     * :class:`RegexMap` (``type = regex``): a file of ``/pattern/ value`` lines, compiled
-      once, tried in order; the first pattern that matches answers.
+      once, tried in order; the first pattern that matches answers (D-MAP-12).
     * :class:`PasswdMap` (``type = passwd``): the system's users (``getpwnam``).
     * :class:`InlineMap` (``type = inline``): ``key value`` entries written in the
-      configuration itself.
+      configuration itself (D-MAP-13).
     * :class:`BrokenMap`: stands for a map that could not be opened, answering every
       lookup with PERM and the reason, so that mail is deferred rather than judged on a
       guess (when smar is told to start anyway; :func:`meta1.maps.driver.open_maps`).
