@@ -23,6 +23,9 @@
     meta1 stop [-f FILE]     stop the MTA (mcp stops the daemons in order)
     meta1 status [-f FILE] [--json]
                              mcp and each daemon: state, pid, uptime, restarts; queue counts
+    meta1 createmap [-f FILE] MAPNAME | SOURCE OUTPUT | --dump MAPFILE
+                             build a hash map's file from its text source, atomically
+                             (spec/maps.md); --dump prints a map file as text
     meta1 accounts [--create]
                              MeTA1's accounts, which mcp uses as root; --create adds them
     meta1 trace [-f FILE] [--log PATH] ID
@@ -86,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
         p = commands[name] = sub.add_parser(name, help=help_text)
         p.add_argument("-f", dest="file", metavar="FILE",
                        help="configuration file (default: the built-in configuration)")
+    createmap = sub.add_parser("createmap", help="build a hash map file from its text source")
+    createmap.add_argument("-f", dest="file", metavar="FILE",
+                           help="configuration file declaring MAPNAME (default: the built-in configuration)")
+    from meta1.maps import createmap as createmap_command
+    createmap_command.arguments(createmap)
     commands["smtps"].add_argument("--name", default=None,
                                    help="which smtps section (default: the unnamed one)")
     commands["smtps"].add_argument("--index", type=int, default=0, choices=range(256),
@@ -126,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "accounts":
         from meta1.mcp.commands import accounts
         return accounts(args.create)
+    if args.command == "createmap":
+        from meta1.maps import createmap
+        return createmap.main(args, load)
     try:
         config = load(args.file)
     except ConfigError as exc:

@@ -244,13 +244,14 @@ def _map_use(keyword: str, doc: str, flags: dict[str, bool], origin: str) -> Sec
 # Maps (smar)
 
 MAP_TYPE_OPTIONS = {
-    "hash": {"file"},
+    "hash": {"file", "source"},
     "regex": {"file"},
     "passwd": set(),
+    "inline": {"entries"},
     "socket": {"path", "address", "port", "mapname", "timeout", "min_connections", "max_connections"},
     "sequence": {"maps"},
 }
-_MAP_REQUIRED = {"hash": ("file",), "regex": ("file",), "sequence": ("maps",)}
+_MAP_REQUIRED = {"hash": ("file",), "regex": ("file",), "inline": ("entries",), "sequence": ("maps",)}
 
 
 def _finish_map(node, report) -> None:
@@ -266,6 +267,18 @@ def _finish_map(node, report) -> None:
     for opt in _MAP_REQUIRED.get(map_type, ()):
         if node.values[opt] is NOT_SET:
             report(None, f"a map of type {map_type} needs {opt}")
+    if map_type == "hash" and node.values["source"] is NOT_SET and isinstance(node.values["file"], str):
+        file = node.values["file"]
+        if file.endswith(".db") and len(file) > 3:
+            node.values["source"] = file[:-3]
+    if map_type == "inline" and node.values["entries"] is not NOT_SET:
+        from meta1.maps.source import parse_lines
+        _, errors = parse_lines(node.values["entries"], "")
+        for error in errors:
+            report("entries", f"entries: item {error.line}: {error.message.replace('line', 'item')}")
+        for number, item in enumerate(node.values["entries"], 1):
+            if not item.strip(" \t") or item.strip(" \t").startswith("#"):
+                report("entries", f"entries: item {number} has no key")
     if map_type == "socket":
         has_path = node.values["path"] is not NOT_SET
         has_inet = node.values["address"] is not NOT_SET or node.values["port"] is not NOT_SET
@@ -275,6 +288,8 @@ def _finish_map(node, report) -> None:
             report(None, "an inet socket map needs both address and port")
         if node.values["mapname"] is NOT_SET:
             node.values["mapname"] = node.name
+        elif any(ch.isspace() for ch in node.values["mapname"]):
+            report("mapname", "mapname: a socket map name cannot contain whitespace (the server splits at a space)")
         for opt, default in (("timeout", 5), ("min_connections", 0), ("max_connections", 4)):
             if node.values[opt] is NOT_SET:
                 node.values[opt] = default
@@ -284,24 +299,37 @@ def _finish_map(node, report) -> None:
 
 MAP = SectionSpec(
     "map",
-    "A map declaration; other sections refer to it by its name.",
+    "A map declaration; other sections refer to it by its name. Map types, file formats "
+    "and lookup semantics: spec/maps.md.",
     naming=Naming.REQUIRED, repeat=True, origin=V3, finish=_finish_map,
     options=(
         OptionSpec("type", Enum(tuple(MAP_TYPE_OPTIONS)), NOT_SET,
-                   "hash: key/value file; passwd: system users; socket: socket map server; "
-                   "sequence: maps tried in order; regex: file of regular expressions.",
+                   "hash: key/value file built by meta1 createmap; passwd: system users; "
+                   "socket: socket map server; sequence: maps tried in order; regex: file of "
+                   "regular expressions; inline: entries written in this section.",
                    V3, required=True),
-        OptionSpec("file", Path(), NOT_SET, "Map file (hash, regex).", V3),
+        OptionSpec("file", Path(), NOT_SET,
+                   "Map file: for hash the file meta1 createmap builds, for regex the "
+                   "/pattern/ value lines.", V3),
+        OptionSpec("source", Path(), NOT_SET,
+                   "Text file (key value lines) meta1 createmap builds a hash map's file from; "
+                   "default: file without its .db suffix (aliases.db: aliases).", EXT),
+        OptionSpec("entries", ListOf(String(what="entry")), NOT_SET,
+                   "The entries of an inline map, each a string \"key value\" as a line of a "
+                   "map source (keys lower-cased; a key twice is an error).", EXT),
         OptionSpec("path", Path(), NOT_SET, "UNIX socket of a socket map server.", V3),
         OptionSpec("address", IPAddress(), NOT_SET, "Address of a socket map server (inet).", R),
         OptionSpec("port", Integer(1, 65535), NOT_SET, "Port of a socket map server (inet).", R),
         OptionSpec("mapname", String(nonempty=True, what="map name"), NOT_SET,
                    "Map name sent in socket map requests; defaults to this map's name.", V3),
-        OptionSpec("timeout", Interval(1, 3600), NOT_SET, "Socket map reply timeout (default 5s).", V3),
+        OptionSpec("timeout", Interval(1, 3600), NOT_SET,
+                   "Longest a socket map lookup may take, waiting for a connection included "
+                   "(default 5s); then it fails temporarily.", V3),
         OptionSpec("min_connections", Integer(0, 1000), NOT_SET, "Socket map connections kept open (default 0).", V3),
         OptionSpec("max_connections", Integer(1, 1000), NOT_SET, "Socket map connection limit (default 4).", V3),
         OptionSpec("maps", ListOf(Reference("map"), min_items=1), NOT_SET,
-                   "Maps of a sequence, tried in order; the first that finds the key answers.", V3),
+                   "Maps of a sequence, tried in order; the first that finds the key answers, "
+                   "NOMORE, TEMP or PERM from a member ends the sequence.", V3),
     ),
 )
 

@@ -131,6 +131,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "spec/machines/smtpc-plan.dot": _machine("meta1.smtpc.plan", "smtpc-plan", "dot"),
     "spec/machines/smar-exchange.md": _machine("meta1.smar.states", "smar-exchange", "md"),
     "spec/machines/smar-exchange.dot": _machine("meta1.smar.states", "smar-exchange", "dot"),
+    "spec/machines/sockmap-connection.md": _machine("meta1.maps.states", "sockmap-connection", "md"),
+    "spec/machines/sockmap-connection.dot": _machine("meta1.maps.states", "sockmap-connection", "dot"),
     "spec/machines/qmgr-recipient.md": _machine("meta1.qmgr.states", "qmgr-recipient", "md"),
     "spec/machines/qmgr-recipient.dot": _machine("meta1.qmgr.states", "qmgr-recipient", "dot"),
     "spec/machines/mcp-service.md": _machine("meta1.mcp.states", "mcp-service", "md"),
