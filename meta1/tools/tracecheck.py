@@ -41,6 +41,7 @@ MACHINES = {
     "qmgr-recipient": "meta1.qmgr.states",
     "mcp-service": "meta1.mcp.states",
     "lmtpd-session": "meta1.lmtpd.states",
+    "sockmap-connection": "meta1.maps.states",
 }
 TA_ID = re.compile(r"S[0-9A-F]{18}")
 RCPT_ID = re.compile(r"(S[0-9A-F]{18})-[0-9A-F]{4}")
