@@ -212,6 +212,14 @@ class R:
     # Extensions not offered
     AUTH_UNAVAILABLE = _r(502, "5.5.1", "AUTH not available")
 
+    # Policy (meta1/policy, spec/policy.md): access map, relaying, local users, DNSBL,
+    # greylisting, connection limits
+    CLIENT_REFUSED = _r(554, "5.7.1", "{hostname} access denied")
+    CLIENT_TEMPFAIL = _r(421, "4.7.0", "{hostname} access temporarily denied; closing connection")
+    ACCESS_DENIED = _r(550, "5.7.1", "Access denied")
+    ACCESS_TEMPFAIL = _r(450, "4.7.1", "Access temporarily denied; try again later")
+    MAP_TEMPFAIL = _r(451, "4.3.0", "Temporary lookup failure; try again later")
+
     # LMTP (meta1 lmtpd, RFC 2033); the other replies lmtpd sends are the ones above
     LMTP_GREETING = _r(220, None, "{hostname} LMTP meta1")
     NOT_LMTP = _r(500, "5.5.1", "This is an LMTP server: say LHLO (RFC 2033 4.1)")
