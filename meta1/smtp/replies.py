@@ -219,6 +219,9 @@ class R:
     ACCESS_DENIED = _r(550, "5.7.1", "Access denied")
     ACCESS_TEMPFAIL = _r(450, "4.7.1", "Access temporarily denied; try again later")
     MAP_TEMPFAIL = _r(451, "4.3.0", "Temporary lookup failure; try again later")
+    UNKNOWN_USER = _r(550, "5.1.1", "<{address}>: unknown user")
+    ALIAS_LOOP = _r(550, "5.4.6", "<{address}>: alias loop or expansion too deep")
+    ALIAS_TARGET_REFUSED = _r(550, "5.7.1", "<{address}>: delivery to files and programs is not allowed")
 
     # LMTP (meta1 lmtpd, RFC 2033); the other replies lmtpd sends are the ones above
     LMTP_GREETING = _r(220, None, "{hostname} LMTP meta1")
