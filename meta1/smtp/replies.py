@@ -222,6 +222,7 @@ class R:
     UNKNOWN_USER = _r(550, "5.1.1", "<{address}>: unknown user")
     ALIAS_LOOP = _r(550, "5.4.6", "<{address}>: alias loop or expansion too deep")
     ALIAS_TARGET_REFUSED = _r(550, "5.7.1", "<{address}>: delivery to files and programs is not allowed")
+    DNSBL_LISTED = _r(554, "5.7.1", "Client {address} is listed at {name}")
 
     # LMTP (meta1 lmtpd, RFC 2033); the other replies lmtpd sends are the ones above
     LMTP_GREETING = _r(220, None, "{hostname} LMTP meta1")
