@@ -223,6 +223,7 @@ class R:
     ALIAS_LOOP = _r(550, "5.4.6", "<{address}>: alias loop or expansion too deep")
     ALIAS_TARGET_REFUSED = _r(550, "5.7.1", "<{address}>: delivery to files and programs is not allowed")
     DNSBL_LISTED = _r(554, "5.7.1", "Client {address} is listed at {name}")
+    GREYLISTED = _r(450, "4.7.1", "Greylisted; try again later")
 
     # LMTP (meta1 lmtpd, RFC 2033); the other replies lmtpd sends are the ones above
     LMTP_GREETING = _r(220, None, "{hostname} LMTP meta1")
