@@ -44,7 +44,8 @@ EXPECTED = {
     "ACCESS_TEMPFAIL": (450, "4.7.1"), "MAP_TEMPFAIL": (451, "4.3.0"),
     "UNKNOWN_USER": (550, "5.1.1"), "ALIAS_LOOP": (550, "5.4.6"),
     "ALIAS_TARGET_REFUSED": (550, "5.7.1"), "DNSBL_LISTED": (554, "5.7.1"),
-    "GREYLISTED": (450, "4.7.1"),
+    "GREYLISTED": (450, "4.7.1"), "TOO_MANY_CONNECTIONS": (421, "4.7.0"),
+    "CONNECTION_RATE": (421, "4.7.0"),
 }
 FIELDS = {"hostname", "address", "id", "size", "name", "limit", "count"}
 # RFC 5321 §4.2: Reply-code "-" [ textstring ] CRLF, last: Reply-code [ SP textstring ] CRLF

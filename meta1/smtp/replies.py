@@ -224,6 +224,8 @@ class R:
     ALIAS_TARGET_REFUSED = _r(550, "5.7.1", "<{address}>: delivery to files and programs is not allowed")
     DNSBL_LISTED = _r(554, "5.7.1", "Client {address} is listed at {name}")
     GREYLISTED = _r(450, "4.7.1", "Greylisted; try again later")
+    TOO_MANY_CONNECTIONS = _r(421, "4.7.0", "{hostname} too many connections from {address}; try again later")
+    CONNECTION_RATE = _r(421, "4.7.0", "{hostname} too many connections per minute from {address}; try again later")
 
     # LMTP (meta1 lmtpd, RFC 2033); the other replies lmtpd sends are the ones above
     LMTP_GREETING = _r(220, None, "{hostname} LMTP meta1")
