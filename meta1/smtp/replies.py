@@ -216,9 +216,12 @@ class R:
     # greylisting, connection limits
     CLIENT_REFUSED = _r(554, "5.7.1", "{hostname} access denied")
     CLIENT_TEMPFAIL = _r(421, "4.7.0", "{hostname} access temporarily denied; closing connection")
+    SESSION_REFUSED = _r(503, "5.7.1", "Access denied; only QUIT is accepted")
     ACCESS_DENIED = _r(550, "5.7.1", "Access denied")
     ACCESS_TEMPFAIL = _r(450, "4.7.1", "Access temporarily denied; try again later")
     MAP_TEMPFAIL = _r(451, "4.3.0", "Temporary lookup failure; try again later")
+    RELAY_DENIED = _r(550, "5.7.1", "<{address}>: relaying denied")
+    PROTECTED_RECIPIENT = _r(550, "5.7.1", "<{address}>: recipient not accepted from this client")
     UNKNOWN_USER = _r(550, "5.1.1", "<{address}>: unknown user")
     ALIAS_LOOP = _r(550, "5.4.6", "<{address}>: alias loop or expansion too deep")
     ALIAS_TARGET_REFUSED = _r(550, "5.7.1", "<{address}>: delivery to files and programs is not allowed")
