@@ -37,7 +37,7 @@ def test_parse(text: str, rhs: Rhs) -> None:
 @pytest.mark.parametrize("text", [
     "", "QUICK:", "OKAY", "REJECT now", "250 2.0.0 fine", "350 x", "55 x", "5500 x", "550x",
     "550 4.7.1 wrong class", "550 5.7 short", "550 1.2.3 bad class", "550 5.7.1 ${nosuch}",
-    "550 5.7.1 ${client_addr", "QUICK:QUICK:OK",
+    "550 5.7.1 ${client_addr", "QUICK:QUICK:OK", "O\u212a", "QUIC\u212a:OK",
 ])
 def test_invalid(text: str) -> None:
     with pytest.raises(RhsError):

@@ -135,10 +135,12 @@ class Rhs:
 def parse_rhs(value: str) -> Rhs:
     """The RHS written in ``value``; :class:`RhsError` if it is not one (see the module)."""
     text = value.strip()
-    quick = text[:len(QUICK)].lower() == QUICK
+    # Keywords are ASCII: str.lower() maps some other characters onto ASCII letters
+    # (U+212A KELVIN SIGN to "k"), which must not spell "OK".
+    quick = text[:len(QUICK)].isascii() and text[:len(QUICK)].lower() == QUICK
     if quick:
         text = text[len(QUICK):].strip()
-    action = _KEYWORDS.get(text.lower())
+    action = _KEYWORDS.get(text.lower()) if text.isascii() else None
     if action is not None:
         return Rhs(action, quick)
     if len(text) >= 2 and text[0] == text[-1] == '"':
