@@ -38,6 +38,15 @@ EXPECTED = {
     "LMTP_GREETING": (220, None), "NOT_LMTP": (500, "5.5.1"), "LHLO_SYNTAX": (501, "5.5.4"),
     "NO_SUCH_MAILBOX": (550, "5.1.1"), "DELIVERED": (250, "2.0.0"),
     "MAILBOX_WRITE_ERROR": (451, "4.3.0"),
+    # policy (meta1/policy)
+    "CLIENT_REFUSED": (554, "5.7.1"), "CLIENT_TEMPFAIL": (421, "4.7.0"),
+    "SESSION_REFUSED": (503, "5.7.1"), "ACCESS_DENIED": (550, "5.7.1"),
+    "ACCESS_TEMPFAIL": (450, "4.7.1"), "MAP_TEMPFAIL": (451, "4.3.0"),
+    "RELAY_DENIED": (550, "5.7.1"), "PROTECTED_RECIPIENT": (550, "5.7.1"),
+    "UNKNOWN_USER": (550, "5.1.1"), "ALIAS_LOOP": (550, "5.4.6"),
+    "ALIAS_TARGET_REFUSED": (550, "5.7.1"), "DNSBL_LISTED": (554, "5.7.1"),
+    "GREYLISTED": (450, "4.7.1"), "TOO_MANY_CONNECTIONS": (421, "4.7.0"),
+    "CONNECTION_RATE": (421, "4.7.0"),
 }
 FIELDS = {"hostname", "address", "id", "size", "name", "limit", "count"}
 # RFC 5321 §4.2: Reply-code "-" [ textstring ] CRLF, last: Reply-code [ SP textstring ] CRLF

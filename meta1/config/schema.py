@@ -26,13 +26,14 @@ service entry)::
     smtps [NAME] { ... listen_socket { ... } tls { ... } policy_milter { socket { ... } } }
     smtpc { ... tls { ... } }
     smar  { ... map NAME { ... } local_user_map { } aliases { } mailertable { }
-            access_map { } greylisting { } }
+            access_map { } greylisting { } dnsbl NAME { } }
     lmtpd { ... }                      meta1's own LMTP delivery agent (only when written)
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -139,6 +140,7 @@ def _log_options() -> tuple[OptionSpec, ...]:
 
 
 SERVICES = ("qmgr", "smtps", "smtpc", "smar", "lmtpd")
+_LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 def _service_options(start_action: str, restart_dependencies: tuple[str, ...]) -> tuple[OptionSpec, ...]:
@@ -233,6 +235,8 @@ def _map_use(keyword: str, doc: str, flags: dict[str, bool], origin: str) -> Sec
         "localpart": "look up only the local part of an address",
         "local_domains": "look up only addresses in local domains",
         "full_address": "look up the full address, not just the domain",
+        "file": "allow alias targets that are files (/path); meta1 has no agent to deliver them yet",
+        "program": "allow alias targets that are programs (|command); meta1 has no agent to run them yet",
     })
     options = (OptionSpec("name", Reference("map"), NOT_SET, "The declared map to use.", origin, required=True),)
     if flags:
@@ -407,7 +411,9 @@ SMTPS_FLAGS = Flags(
         "chunking": "advertise CHUNKING/BDAT (RFC 3030)",
         "dsn": "advertise DSN (RFC 3461)",
         "smtputf8": "advertise SMTPUTF8 (RFC 6531)",
-        "delay_checks": "postpone client and sender rejections to RCPT",
+        "delay_checks": "hold client, DNSBL and sender rejections until RCPT, where a to: OK or "
+                        "RELAY entry or a relay grant (AUTH, TLS) overrides them; QUICK: entries "
+                        "still apply at once (B43-B46, spec/policy.md)",
     },
 )
 
@@ -497,8 +503,56 @@ SMTPC = SectionSpec(
 
 def _finish_smar(node, report) -> None:
     _no_self_dependency(node, report)
+    _finish_local_domains(node, report)
     if node.explicit("nameserver") and node.values["flags"]["use_resolvconf"]:
         report("nameserver", "nameserver and the flag use_resolvconf exclude each other")
+
+
+def _finish_local_domains(node, report) -> None:
+    for domain in node.values["local_domains"]:
+        problem = _local_domain_problem(domain)
+        if problem:
+            report("local_domains", f"local_domains: {domain!r} {problem}")
+            return
+
+
+def _local_domain_problem(domain: str) -> str:
+    """Why ``domain`` cannot be a local_domains entry, or ``""``."""
+    if domain.startswith("[") and domain.endswith("]"):
+        text = domain[1:-1]
+        text = text[5:] if text.lower().startswith("ipv6:") else text
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            return "is not an address literal ([192.0.2.1], [IPv6:2001:db8::1])"
+        return ""
+    name = domain[1:] if domain.startswith(".") else domain
+    labels = name.lower().rstrip(".").split(".")
+    if not name or any(not label or len(label) > 63 or label[0] == "-" or label[-1] == "-"
+                       or not set(label) <= _LDH for label in labels):
+        return "is not a domain name (letters, digits, '-'; a leading '.' for subdomains)"
+    return ""
+
+
+def _finish_dnsbl(node, report) -> None:
+    problem = _local_domain_problem(node.values["domain"]) if node.values["domain"] is not NOT_SET else ""
+    if problem or str(node.values["domain"]).startswith((".", "[")):
+        report("domain", "domain must be a DNS domain name")
+    for code in node.values["codes"]:
+        try:
+            ipaddress.ip_network(code, strict=False)
+        except ValueError:
+            report("codes", f"codes: {code!r} is not an address or a network (127.0.0.2, 127.0.0.0/24)")
+            break
+    if node.values["reply"] is not NOT_SET:
+        from meta1.policy.rhs import Action, RhsError, parse_rhs
+        try:
+            rhs = parse_rhs(node.values["reply"])
+        except RhsError as error:
+            report("reply", f"reply: {error}")
+        else:
+            if rhs.quick or rhs.action not in (Action.REPLY, Action.REJECT, Action.TEMPFAIL):
+                report("reply", "reply: a 4xx or 5xx reply, REJECT or TEMPFAIL")
 
 
 def _finish_greylisting(node, report) -> None:
@@ -517,11 +571,17 @@ SMAR = SectionSpec(
         OptionSpec("flags", Flags({"use_resolvconf": False},
                                   docs={"use_resolvconf": "take the nameservers from /etc/resolv.conf"}),
                    {"use_resolvconf": False}, "Resolver flags.", R),
+        OptionSpec("local_domains", ListOf(String(nonempty=True, what="domain")), (),
+                   "Domains delivered locally, besides the host name and localhost, which always "
+                   "are: a name matches itself, '.example.org' every name below example.org, "
+                   "'[192.0.2.1]' that address literal. Mail for them is never relayed; "
+                   "unknown users in them get 550 5.1.1 (spec/policy.md, D-POL-6).", EXT),
     ),
     sections=(
         MAP,
         _map_use("local_user_map", "The map of valid local users.", {"localpart": False, "local_domains": False}, V3),
-        _map_use("aliases", "The aliases map: local part to addresses.", {"localpart": False, "local_domains": False}, V3),
+        _map_use("aliases", "The aliases map: local part to addresses.",
+                 {"localpart": False, "local_domains": False, "file": False, "program": False}, V3),
         _map_use("mailertable", "The routing map: domain to mailer:host.", {"full_address": False}, V3),
         _map_use("access_map", "The access map (cltaddr:, from:, to:, ... tags).", {}, R),
         SectionSpec(
@@ -534,6 +594,26 @@ SMAR = SectionSpec(
                 OptionSpec("database", Path(), "greylist.db", "The greylisting database file.", EXT),
                 OptionSpec("IPv4_prefix", Integer(0, 32), 24, "Client IPv4 addresses are grouped by this prefix.", EXT),
                 OptionSpec("IPv6_prefix", Integer(0, 128), 64, "Client IPv6 addresses are grouped by this prefix.", EXT),
+            ),
+        ),
+        SectionSpec(
+            "dnsbl", "A DNS block list asked about every client (RFC 5782); lists are asked in "
+            "the order declared and the first that lists the client gives its reply. A list "
+            "that does not answer does not list (fail open). The reply applies at MAIL, or "
+            "at RCPT with delay_checks; from: OK and relay grants override it (B45, D-POL-14).",
+            naming=Naming.REQUIRED, repeat=True, origin=EXT, finish=_finish_dnsbl,
+            options=(
+                OptionSpec("domain", String(nonempty=True, what="domain"), NOT_SET,
+                           "The list's DNS domain (client 192.0.2.1 is asked as 1.2.0.192.<domain>).",
+                           EXT, required=True),
+                OptionSpec("reply", String(nonempty=True, what="reply"), NOT_SET,
+                           "Reply for a listed client: \"554 5.7.1 text\" (macros as in access-map "
+                           "replies, ${dnsbl} is the domain), REJECT or TEMPFAIL.", EXT,
+                           unset_means="554 5.7.1 Client <address> is listed at <domain>"),
+                OptionSpec("codes", ListOf(String(nonempty=True, what="address or network")), (),
+                           "A records that mean 'listed': addresses or networks; the default, an "
+                           "empty list, means 127.0.0.2 to 127.0.0.255. Other answers (such as the "
+                           "127.255.255.x error codes) are ignored with a warning.", EXT),
             ),
         ),
     ),

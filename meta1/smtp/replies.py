@@ -225,6 +225,24 @@ class R:
     # Extensions not offered
     AUTH_UNAVAILABLE = _r(502, "5.5.1", "AUTH not available")
 
+    # Policy (meta1/policy, spec/policy.md): access map, relaying, local users, DNSBL,
+    # greylisting, connection limits
+    CLIENT_REFUSED = _r(554, "5.7.1", "{hostname} access denied")
+    CLIENT_TEMPFAIL = _r(421, "4.7.0", "{hostname} access temporarily denied; closing connection")
+    SESSION_REFUSED = _r(503, "5.7.1", "Access denied; only QUIT is accepted")
+    ACCESS_DENIED = _r(550, "5.7.1", "Access denied")
+    ACCESS_TEMPFAIL = _r(450, "4.7.1", "Access temporarily denied; try again later")
+    MAP_TEMPFAIL = _r(451, "4.3.0", "Temporary lookup failure; try again later")
+    RELAY_DENIED = _r(550, "5.7.1", "<{address}>: relaying denied")
+    PROTECTED_RECIPIENT = _r(550, "5.7.1", "<{address}>: recipient not accepted from this client")
+    UNKNOWN_USER = _r(550, "5.1.1", "<{address}>: unknown user")
+    ALIAS_LOOP = _r(550, "5.4.6", "<{address}>: alias loop or expansion too deep")
+    ALIAS_TARGET_REFUSED = _r(550, "5.7.1", "<{address}>: delivery to files and programs is not allowed")
+    DNSBL_LISTED = _r(554, "5.7.1", "Client {address} is listed at {name}")
+    GREYLISTED = _r(450, "4.7.1", "Greylisted; try again later")
+    TOO_MANY_CONNECTIONS = _r(421, "4.7.0", "{hostname} too many connections from {address}; try again later")
+    CONNECTION_RATE = _r(421, "4.7.0", "{hostname} too many connections per minute from {address}; try again later")
+
     # LMTP (meta1 lmtpd, RFC 2033); the other replies lmtpd sends are the ones above
     LMTP_GREETING = _r(220, None, "{hostname} LMTP meta1")
     NOT_LMTP = _r(500, "5.5.1", "This is an LMTP server: say LHLO (RFC 2033 4.1)")

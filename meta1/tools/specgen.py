@@ -139,6 +139,10 @@ GENERATED: dict[str, Callable[[], str]] = {
     "spec/machines/mcp-service.dot": _machine("meta1.mcp.states", "mcp-service", "dot"),
     "spec/machines/lmtpd-session.md": _machine("meta1.lmtpd.states", "lmtpd-session", "md"),
     "spec/machines/lmtpd-session.dot": _machine("meta1.lmtpd.states", "lmtpd-session", "dot"),
+    "spec/machines/policy-session.md": _machine("meta1.policy.states", "policy-session", "md"),
+    "spec/machines/policy-session.dot": _machine("meta1.policy.states", "policy-session", "dot"),
+    "spec/machines/greylist-entry.md": _machine("meta1.policy.greylist", "greylist-entry", "md"),
+    "spec/machines/greylist-entry.dot": _machine("meta1.policy.greylist", "greylist-entry", "dot"),
     "spec/smtp-replies.md": render_reply_catalogue,
 }
 
