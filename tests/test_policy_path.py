@@ -50,7 +50,7 @@ class FakeLink:
 
 def check(request_id: int, stage: str) -> PolicyCheck:
     return PolicyCheck(request_id, "S0000000000000000100", stage, "192.0.2.1", 1234, "c.test", "a@b.test",
-                       "c@d.test" if stage == "rcpt" else None, False)
+                       "c@d.test" if stage == "rcpt" else None, False, "")
 
 
 def test_qmgr_relays_with_its_own_ids_and_answers_for_a_lost_smar() -> None:

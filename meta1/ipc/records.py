@@ -131,6 +131,7 @@ class PolicyCheck:
     sender: str | None
     recipient: str | None
     relay_granted: bool
+    server: str          # the smtps section's name ("" for the unnamed one): its delay_checks
 
 
 @record(61)

@@ -17,6 +17,7 @@ When smar cannot answer
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from meta1.ipc.records import PolicyCheck, PolicyVerdict
@@ -52,9 +53,7 @@ class PolicyRelay:
             return
         request_id = next(self._ids)
         self.pending[request_id] = (link, record)
-        self.smar.send(PolicyCheck(request_id, record.session_id, record.stage, record.client_address,
-                                   record.client_port, record.helo, record.sender, record.recipient,
-                                   record.relay_granted))
+        self.smar.send(dataclasses.replace(record, request_id=request_id))
 
     def verdict(self, record: PolicyVerdict) -> None:
         """From smar."""

@@ -40,7 +40,7 @@ from meta1.runtime.process import announce_ready, run_loop, trace_sink
 from meta1.smar.cache import TtlCache
 from meta1.smar.nameservers import RESOLV_CONF, load_resolver_settings
 from meta1.smar.plans import MxResult
-from meta1.smar.policy import PolicyService
+from meta1.smar.policy import SmarPolicy
 from meta1.smar.resolver import Resolver
 
 log = logging.getLogger("meta1.smar")
@@ -84,7 +84,7 @@ class AddressResolver:
         self.resolver = Resolver.from_settings(self.loop, settings, cache=TtlCache(), trace=trace_sink(config))
         self.qmgr = LinkServer(self.loop, self.layout.smar_socket, role="smar", peer_role="qmgr",
                                on_record=self._record)
-        self.policy = PolicyService(config)
+        self.policy = SmarPolicy(config, self.loop, self.resolver, trace=trace_sink(config))
 
     def _record(self, link: RecordLink, record: object) -> None:
         if isinstance(record, PolicyCheck):
@@ -108,6 +108,7 @@ class AddressResolver:
         self.resolver.resolve_mx(record.domain, answer)
 
     def start(self) -> None:
+        self.policy.start()
         self.qmgr.start()
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_signal_handler(signal.SIGINT, self.shutdown)
@@ -121,7 +122,11 @@ class AddressResolver:
 
     def run(self) -> None:
         self.start()
-        run_loop(self.loop, self.resolver.close, log)
+        run_loop(self.loop, self._close, log)
+
+    def _close(self) -> None:
+        self.policy.close()
+        self.resolver.close()
 
 
 def serve(config) -> int:

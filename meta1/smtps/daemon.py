@@ -372,6 +372,7 @@ class SmtpServer:
                  instance: int = 0, listen_sockets: list[socket.socket] | None = None,
                  trace=None):
         self.config = config
+        self.name = name                 # the smtps section (None: the unnamed one)
         self.node = config.smtps[name]
         self.loop = loop or EventLoop()
         self.layout = QueueLayout(config.queue_directory, config.cdb_base_directory)

@@ -8,8 +8,9 @@ Responsibilities
 
 Where the verdict comes from
     * A configuration that gives smar nothing to look up for sessions (no access map, no
-      local users, aliases, mailertable or greylisting) leaves nothing to ask: the check
-      is answered here at once, for the cost of a function call.
+      local users, aliases, mailertable, DNS lists or greylisting) leaves nothing to ask:
+      the same policy core (:class:`meta1.policy.service.PolicyService`, without maps)
+      decides here, at once — local domains, the relay rule, loopback clients.
     * Otherwise the check goes to qmgr (which passes it to smar, DESIGN.md) as a
       :class:`~meta1.ipc.records.PolicyCheck`, and the :class:`PolicyVerdict` comes back
       on the same link. qmgr not connected, the link lost, or no answer within
@@ -24,6 +25,7 @@ import logging
 
 from meta1.ipc.records import PolicyCheck, PolicyVerdict
 from meta1.smtp import R, reply_from_line
+from meta1.policy.service import NoMaps, PolicyService, Question
 from meta1.smtps.session import CheckPolicy, Outcome
 
 log = logging.getLogger("meta1.smtps")
@@ -39,7 +41,7 @@ UNAVAILABLE = {"connect": (Outcome.CLOSE, "421 4.3.0 policy service not availabl
 def asks_smar(config) -> bool:
     """Whether the configuration gives smar something to check for sessions."""
     smar = config.smar
-    return any(smar.sections.get(name) is not None for name in POLICY_SECTIONS)
+    return any(smar.sections.get(name) is not None for name in POLICY_SECTIONS) or bool(smar.dnsbl)
 
 
 class PolicyClient:
@@ -49,6 +51,9 @@ class PolicyClient:
     def __init__(self, server, remote: bool):
         self.server = server
         self.remote = remote
+        # Nothing for smar to look up: the same policy (local domains, the relay rule,
+        # loopback clients) decided here, at once (module docstring).
+        self.local = None if remote else PolicyService(server.config, server.settings.hostname, driver=NoMaps())
         self.timeout = server.settings.io_timeout
         self.pending: dict[int, tuple[str, object]] = {}     # request id -> (session id, timer)
         self.asked: set[str] = set()                          # sessions smar knows
@@ -57,7 +62,11 @@ class PolicyClient:
     def check(self, session, request: CheckPolicy):
         """The verdict on ``request`` if known at once, else None (asked of smar)."""
         if not self.remote:
-            return Outcome.OK, None
+            verdict: list = []
+            self.local.ask(Question(session.id, request.stage, session.client_address, session.helo or "",
+                                    request.sender, request.recipient, False, self.server.name),
+                           lambda outcome, reply: verdict.append((OUTCOMES[outcome], reply)))
+            return verdict[0]
         qmgr = self.server.qmgr
         if not qmgr.ready:
             return self._unavailable(session.id, request.stage, "qmgr not connected")
@@ -67,7 +76,7 @@ class PolicyClient:
         self.asked.add(session.id)
         qmgr.client.send(PolicyCheck(request_id, session.id, request.stage, session.client_address,
                                      session.client_port, session.helo or "", request.sender, request.recipient,
-                                     False))
+                                     False, self.server.name or ""))
         return None
 
     def verdict(self, record: PolicyVerdict) -> None:
@@ -90,11 +99,14 @@ class PolicyClient:
             self._expire(request_id, None)
 
     def session_ended(self, session) -> None:
+        if self.local is not None:
+            self.local.end(session.id)
         if session.id in self.asked:
             self.asked.discard(session.id)
             if self.server.qmgr.ready:
                 self.server.qmgr.client.send(PolicyCheck(0, session.id, "end", session.client_address,
-                                                         session.client_port, "", None, None, False))
+                                                         session.client_port, "", None, None, False,
+                                                         self.server.name or ""))
 
     def _expire(self, request_id: int, stage: str | None) -> None:
         entry = self.pending.pop(request_id, None)
