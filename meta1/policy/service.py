@@ -23,11 +23,12 @@ Outcomes
     ``"close"`` (a 421) and ``"discard"`` (accept, then throw away: DISCARD).
 
 Loopback clients (D-POL-19)
-    A client connecting from a loopback address (127.0.0.0/8, ::1) holds a relay grant
-    from the start, as a local program submitting mail: Postfix's default
-    ``mynetworks_style = host`` does the same. Every other client needs an access-map
-    RELAY entry (or AUTH/TLS, later issues). Its name is ``localhost`` without a DNS
-    lookup.
+    A client connecting from a loopback address (127.0.0.0/8, ::1) that the access map
+    does not name holds a relay grant, as a local program submitting mail: Postfix's
+    default ``mynetworks_style = host`` does the same. An access-map entry for it decides
+    instead (``cltaddr:127.0.0.2 OK`` makes that address an ordinary client). Every other
+    client needs an access-map RELAY entry (or AUTH/TLS, later issues). A loopback
+    client's name is ``localhost``, without a DNS lookup.
 """
 
 from __future__ import annotations
@@ -145,8 +146,6 @@ class PolicyService:
         session = SessionChecks(client_addr=question.client_address, hostname=self.hostname,
                                 delay_checks=settings.delay_checks, greylisting=settings.greylisting is not None,
                                 session_id=question.session_id, trace=self.trace)
-        if is_loopback(question.client_address):
-            session.grants = replace(session.grants, client=True)         # D-POL-19
         self.sessions[question.session_id] = session
 
         def resolved(status: ResolveStatus, name: str) -> None:
@@ -164,6 +163,8 @@ class PolicyService:
                 checked(plan.result)
 
         def finish(check, verdict, name: str) -> None:
+            if is_loopback(question.client_address) and check.entry is None and not check.failed:
+                session.grants = replace(session.grants, client=True)     # D-POL-19
             reply = session.connect(check, verdict, name)
             if reply is None:
                 answer("discard" if session.discard_session else "ok", None)
