@@ -30,6 +30,10 @@
                              MeTA1's accounts, which mcp uses as root; --create adds them
     meta1 trace [-f FILE] [--log PATH] ID
                              the life of a message across the daemons, from the log
+    meta1 lookup [-f FILE] TAG KEY
+                             every key tried for KEY under TAG, the map that answered, the answer
+    meta1 greyprint [-f FILE] / greyrm [-f FILE] [--network N] [--client IP] [--sender S] [--recipient R]
+                             the greylisting database: list it, remove triplets
     meta1 qmgrctl [-f FILE] flush [DOMAIN] | hold ID | release ID | delete ID
                              command the running qmgr: retry deferred mail now (all, or
                              for one destination), hold, release or delete a message;
@@ -85,7 +89,10 @@ def _parser() -> argparse.ArgumentParser:
                             ("start", "start the MTA (mcp and the daemons)"),
                             ("stop", "stop the MTA"),
                             ("status", "show the state of the MTA and its queue"),
-                            ("trace", "show the life of one message from the log")):
+                            ("trace", "show the life of one message from the log"),
+                            ("lookup", "show the keys tried for a map lookup, and the answer"),
+                            ("greyprint", "list the greylisting database"),
+                            ("greyrm", "remove triplets from the greylisting database")):
         p = commands[name] = sub.add_parser(name, help=help_text)
         p.add_argument("-f", dest="file", metavar="FILE",
                        help="configuration file (default: the built-in configuration)")
@@ -100,8 +107,9 @@ def _parser() -> argparse.ArgumentParser:
                                    metavar="N", help="process index in ids (0-255)")
     commands["mailq"].add_argument("--json", action="store_true", help="JSON output")
     commands["status"].add_argument("--json", action="store_true", help="JSON output")
-    from meta1.tools import trace
+    from meta1.tools import policycli, trace
     trace.arguments(commands["trace"])
+    policycli.arguments(commands)
     commands["start"].add_argument("--foreground", action="store_true",
                                    help="stay in the foreground, logging to standard error")
     sub.add_parser("accounts", help="list (or --create) MeTA1's accounts").add_argument(
@@ -160,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write((format_json if args.json else format_text)(messages))
     elif args.command == "qmgrctl":
         return qmgrctl(args.action, args.argument, config)
+    elif args.command in ("lookup", "greyprint", "greyrm"):
+        from meta1.tools import policycli
+        return getattr(policycli, args.command)(args, config)
     elif args.command == "trace":
         from meta1.mcp.commands import log_file_of
         from meta1.tools import trace

@@ -47,7 +47,7 @@ def wait_for(predicate, timeout: float = READY_TIMEOUT, interval: float = 0.01, 
 
 class MTA:
     def __init__(self, base: Path, *, extra_smtps: str = "", extra_global: str = "",
-                 port: int | None = None, queue: Path | None = None):
+                 port: int | None = None, queue: Path | None = None, smtps_flags: str = "8bitmime"):
         self.base = Path(base)
         self.queue = queue or self.base / "queue"
         self.port = port or free_port()
@@ -56,7 +56,7 @@ class MTA:
             f'queue_directory = "{self.queue}";\n'
             f'hostname = mx.test;\n{extra_global}\n'
             "smtps {\n"
-            "    flags = { 8bitmime };\n"
+            f"    flags = {{ {smtps_flags} }};\n"
             f"    listen_socket {{ type = inet; address = 127.0.0.1; port = {self.port}; }}\n"
             f"{extra_smtps}\n"
             "}\n")
@@ -199,13 +199,14 @@ class SMTPClient:
     order. Socket operations time out after ``timeout`` seconds, which bounds every test.
     """
 
-    def __init__(self, port: int | Path, host: str = "127.0.0.1", timeout: float = 10.0):
+    def __init__(self, port: int | Path, host: str = "127.0.0.1", timeout: float = 10.0, source: str | None = None):
         if isinstance(port, Path):      # a UNIX socket (lmtpd)
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(timeout)
             self.sock.connect(str(port))
-        else:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
+        else:                           # ``source``: the client's own loopback address
+            self.sock = socket.create_connection((host, port), timeout=timeout,
+                                                 source_address=(source, 0) if source else None)
         self.buffer = b""
 
     def send(self, data: bytes | str) -> None:

@@ -14,7 +14,9 @@ from meta1.ipc.records import PolicyCheck, PolicyVerdict
 from meta1.qmgr.policy import UNAVAILABLE, UNAVAILABLE_AT_CONNECT, PolicyRelay
 from mta import MTA, SMTPClient, wait_for
 
-WITH_ACCESS_MAP = 'smar { nameserver = { 127.0.0.1:9 }; map acc { type = passwd; } access_map { name = acc; } }'
+# With an access map the map decides who relays, loopback clients too (D-POL-19).
+WITH_ACCESS_MAP = ('smar { nameserver = { 127.0.0.1:9 }; map acc { type = inline; entries = { "cltaddr:127. RELAY" }; }'
+                   ' access_map { name = acc; } }')
 
 
 def test_checks_go_to_smar_and_without_it_are_temporary_failures(tmp_path) -> None:

@@ -23,12 +23,12 @@ Outcomes
     ``"close"`` (a 421) and ``"discard"`` (accept, then throw away: DISCARD).
 
 Loopback clients (D-POL-19)
-    A client connecting from a loopback address (127.0.0.0/8, ::1) that the access map
-    does not name holds a relay grant, as a local program submitting mail: Postfix's
-    default ``mynetworks_style = host`` does the same. An access-map entry for it decides
-    instead (``cltaddr:127.0.0.2 OK`` makes that address an ordinary client). Every other
-    client needs an access-map RELAY entry (or AUTH/TLS, later issues). A loopback
-    client's name is ``localhost``, without a DNS lookup.
+    Without an access map, a client connecting from a loopback address (127.0.0.0/8,
+    ::1) holds a relay grant, as a local program submitting mail: Postfix's default
+    ``mynetworks_style = host`` does the same. With an access map the map decides, for
+    loopback clients too (``cltaddr:127. RELAY`` restores the grant). Every other client
+    needs an access-map RELAY entry (or AUTH/TLS, later issues). A loopback client's name
+    is ``localhost``, without a DNS lookup.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class PolicyService:
                 checked(plan.result)
 
         def finish(check, verdict, name: str) -> None:
-            if is_loopback(question.client_address) and check.entry is None and not check.failed:
+            if is_loopback(question.client_address) and settings.access_map is None:
                 session.grants = replace(session.grants, client=True)     # D-POL-19
             reply = session.connect(check, verdict, name)
             if reply is None:
