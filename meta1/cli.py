@@ -161,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "mailq":
         from meta1.queue.layout import QueueLayout
         from meta1.queue.mailq import format_json, format_text, list_queue
+        from meta1.queue.recordfile import OlderFormat
         problems: list[str] = []
-        messages = list_queue(QueueLayout(config.queue_directory, config.cdb_base_directory), problems)
+        try:
+            messages = list_queue(QueueLayout(config.queue_directory, config.cdb_base_directory), problems)
+        except OlderFormat as error:
+            print(f"meta1 mailq: {error}", file=sys.stderr)
+            return 1
         for problem in problems:
             print(f"meta1 mailq: {problem}", file=sys.stderr)
         sys.stdout.write((format_json if args.json else format_text)(messages))
@@ -234,11 +239,15 @@ def run_daemon(args, config: Config) -> int:
     setup_logging(args.command, config.log_level, syslog_of(config))
     if args.command == "qmgr":
         from meta1.qmgr.daemon import QueueLocked, serve
+        from meta1.queue.recordfile import OlderFormat
         try:
             return serve(config)
         except QueueLocked as error:
             print(f"meta1 qmgr: {error}", file=sys.stderr)
             return EX_TEMPFAIL
+        except OlderFormat as error:
+            print(f"meta1 qmgr: {error}", file=sys.stderr)
+            return EX_CONFIG
     if args.command == "smar":
         from meta1.smar.daemon import serve as serve_smar
         from meta1.smar.nameservers import NoNameserverError

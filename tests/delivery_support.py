@@ -284,12 +284,15 @@ class World:
         for address in addresses:
             self.dns.add(exchanger, "AAAA" if ":" in address else "A", address)
 
-    def start(self, *, qmgr: str = "min_queue_delay = 1h;", smtpc: str = "", dns_timeout: int = 2) -> MTA:
+    def start(self, *, qmgr: str = "min_queue_delay = 1h;", smtpc: str = "", dns_timeout: int = 2,
+              smar: str = "", extra: str = "") -> MTA:
+        """meta1 on this world; ``smar``, ``smtpc``, ``qmgr``: more of those sections,
+        ``extra``: more sections (lmtpd, …)."""
         host, port = self.dns.address
         mta = MTA(self.base, extra_global=(
-            f"smar {{ nameserver = {{ {host}:{port} }}; DNS_timeout = {dns_timeout}; }}\n"
+            f"smar {{ nameserver = {{ {host}:{port} }}; DNS_timeout = {dns_timeout};\n{smar} }}\n"
             f"smtpc {{ remote_port = {self.port}; IO_timeout = 10s; {smtpc} }}\n"
-            f"qmgr {{ {qmgr} }}\n"))
+            f"qmgr {{ {qmgr} }}\n{extra}"))
         self.mta = mta
         self._stoppers.append(mta.stop)
         mta.start()

@@ -185,7 +185,7 @@ def test_decode_refuses_malformed_payloads(payload: bytes, message: str) -> None
 def test_decode_refuses_an_optional_tag_other_than_0_or_1_and_oversized_counts() -> None:
     good = encode(Recipient("r", "a", None, None, None))
     with pytest.raises(ProtocolError, match="optional tag 2"):
-        decode(good[:-3] + b"\x02" + good[-2:])
+        decode(good[:-5] + b"\x02" + good[-4:])     # orcpt's tag, before nexthop's u32 length
     # A count the remaining octets cannot hold is refused before anything is allocated.
     with pytest.raises(ProtocolError, match="tuple of 65536 items"):
         decode(bytes.fromhex("000a 00000001 72 00000001 61 01 00010000"))

@@ -36,7 +36,7 @@ def test_golden_bytes_of_a_container_record() -> None:
         "0000000000000008"    # size, i64
         "79f0ba72")           # CRC-32 of type + fields
     assert zlib.crc32(bytes.fromhex("006e0000000000000008")) == 0x79F0BA72
-    assert (CDB_MAGIC, IBDB_MAGIC) == (b"M1CDB\0\0\1", b"M1IBDB\0\1")
+    assert (CDB_MAGIC, IBDB_MAGIC) == (b"M1CDB\0\0\1", b"M1IBDB\0\2")
 
 
 def test_records_come_back_with_their_offsets() -> None:

@@ -8,6 +8,7 @@ import re
 from hypothesis import given, settings, strategies as st
 
 from conformance.transcripts import FixedServices
+from meta1.ipc.records import ResolvedRecipient
 from meta1.smtp import Reply
 from meta1.smtps.session import (Close, CommitContent, OpenContent, Outcome, Send, Session, Settings,
                                  WriteContent)
@@ -299,3 +300,40 @@ def test_discard_at_connect_discards_every_transaction() -> None:
     client.send(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\r\n")
     assert client.replies()[0].startswith("220 ") and client.replies()[-1].endswith(" accepted")
     assert client.commits == []
+
+
+def test_a_recipient_is_queued_as_the_copies_its_routes_name_d_pol_21() -> None:
+    """An alias's verdict carries one route per copy: each becomes a queued recipient with
+    its next hop, the client's DSN parameters, and the RCPT address as ORCPT when the
+    client gave none (RFC 3461 §4.2); the reply still names what the client sent."""
+    team = (ResolvedRecipient("lmtp:", "alice@mx.test"), ResolvedRecipient("far.test", "bob@far.test"))
+    crew = (ResolvedRecipient("lmtp:", "ann@mx.test"), ResolvedRecipient("lmtp:", "dora@mx.test"),
+            ResolvedRecipient("far.test", "bob@FAR.test"))
+    client = Client(Policy({("rcpt", "team@mx.test"): (Outcome.OK, None, team),
+                            ("rcpt", "ann@mx.test"): (Outcome.OK, None, (ResolvedRecipient("lmtp:", "ann@mx.test"),)),
+                            ("rcpt", "list@mx.test"): (Outcome.OK, None, crew)}))
+    client.send(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<team@mx.test> NOTIFY=FAILURE\r\n"
+                b"RCPT TO:<ann@mx.test>\r\nRCPT TO:<list@mx.test> ORCPT=rfc822;given@x.example\r\n"
+                b"RCPT TO:<c@d.example>\r\nDATA\r\nbody\r\n.\r\n")
+    after_ehlo = client.replies()[client.replies().index("250 HELP") + 2:]     # after the sender's 250
+    assert after_ehlo[:4] == ["250 2.1.5 Recipient <team@mx.test> OK", "250 2.1.5 Recipient <ann@mx.test> OK",
+                                     "250 2.1.5 Recipient <list@mx.test> OK", "250 2.1.5 Recipient <c@d.example> OK"]
+    [(transaction, _)] = client.commits
+    assert [(r.rcpt_id[-4:], r.address, r.nexthop, r.notify, r.orcpt) for r in transaction.recipients] == [
+        ("0000", "alice@mx.test", "lmtp:", ("FAILURE",), "team@mx.test"),
+        ("0001", "bob@far.test", "far.test", ("FAILURE",), "team@mx.test"),
+        ("0002", "ann@mx.test", "lmtp:", None, None),                 # not an alias: no ORCPT added
+        # ann and bob are queued already (one copy per address and next hop); dora is new,
+        # with the client's ORCPT kept.
+        ("0003", "dora@mx.test", "lmtp:", None, "given@x.example"),
+        ("0004", "c@d.example", "", None, None)]                     # no routes: queued unrouted
+
+
+def test_copies_beyond_the_recipient_limit_get_452_before_any_is_queued() -> None:
+    many = tuple(ResolvedRecipient("far.test", f"u{i}@far.test") for i in range(3))
+    client = Client(Policy({("rcpt", "list@mx.test"): (Outcome.OK, None, many)}), max_rcpts=4)
+    client.send(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<one@x.example>\r\nRCPT TO:<two@x.example>\r\n"
+                b"RCPT TO:<list@mx.test>\r\nDATA\r\nbody\r\n.\r\n")
+    assert client.replies()[client.replies().index("250 HELP") + 4] == "452 4.5.3 Too many recipients"
+    [(transaction, _)] = client.commits
+    assert [r.address for r in transaction.recipients] == ["one@x.example", "two@x.example"]

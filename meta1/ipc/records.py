@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from meta1.ipc.codec import ProtocolError, record
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2   # 2: recipients carry the next hop resolved at RCPT (D-POL-21)
 
 
 @record(1)
@@ -57,6 +57,11 @@ class Recipient:
     notify: tuple[str, ...] | None  # None: no NOTIFY parameter; else e.g. ("SUCCESS", "FAILURE")
     orcpt_type: str | None  # ORCPT's addr-type ("rfc822"), None without ORCPT
     orcpt: str | None  # ORCPT's address, xtext-decoded
+    # Where it goes, as smar resolved it at RCPT (D-POL-21, spec/policy.md "Routing"): a
+    # domain (MX lookup), "[host]" (the host's addresses, no MX lookup), "lmtp:PATH"
+    # ("lmtp:" alone: smtpc's LMTP_socket), "file:" or "program:". "" : not resolved (a
+    # message qmgr generates): qmgr routes by the address's domain.
+    nexthop: str = ""
 
 
 @record(11)
@@ -134,14 +139,25 @@ class PolicyCheck:
     server: str          # the smtps section's name ("" for the unnamed one): its delay_checks
 
 
+@record(62)
+class ResolvedRecipient:
+    """One copy of an accepted recipient: the address to deliver to (an alias's target, or
+    the recipient itself) and its next hop (as :attr:`Recipient.nexthop`)."""
+
+    nexthop: str
+    address: str
+
+
 @record(61)
 class PolicyVerdict:
     """A2Q, then Q2S: ``outcome`` "ok", "refused" (``reply``, a 4xx/5xx), "close" (``reply``,
-    a 421) or "discard"; ``reply`` is the whole reply line, e.g. "550 5.7.1 Relaying denied"."""
+    a 421) or "discard"; ``reply`` is the whole reply line, e.g. "550 5.7.1 Relaying denied".
+    An "ok" at RCPT carries the recipient's ``routes``: where each copy goes (D-POL-21)."""
 
     request_id: int
     outcome: str
     reply: str
+    routes: tuple[ResolvedRecipient, ...] = ()
 
 
 # -- qmgr <-> smar: routes ------------------------------------------------------------------

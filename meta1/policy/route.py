@@ -67,6 +67,9 @@ from meta1.smtp.address import AddressError, Mailbox, parse_forward_path
 from meta1.smtp.replies import R, Reply
 
 ESMTP, LMTP, FILE, PROGRAM = "esmtp", "lmtp", "file", "program"
+#: Next-hop texts qmgr reads (D-POL-21): ``lmtp:<socket path>`` ("lmtp:" alone: smtpc's
+#: LMTP_socket), and ``error:<reply>`` for a target whose expansion failed for good.
+LMTP_NEXTHOP, ERROR_NEXTHOP = "lmtp:", "error:"
 _MAILERS = {"esmtp": ESMTP, "smtp": ESMTP, "lmtp": LMTP}
 ROUTING_CHARACTERS = frozenset("%!@")
 DEFAULT_ROUTE_KEY = "."
@@ -116,7 +119,7 @@ class Route:
         if self.mailer == ESMTP:
             return self.host
         if self.mailer == LMTP:
-            return f"lmtp:{self.host}"
+            return f"{LMTP_NEXTHOP}{self.host}"
         return f"{self.mailer}:"
 
     def __str__(self) -> str:

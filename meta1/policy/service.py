@@ -44,6 +44,7 @@ from meta1.policy.access import NO_ENTRY, ResolveStatus, client_resolution, forw
 from meta1.policy.checks import connect_plan, dnsbl_needed, mail_plan, rcpt_plan
 from meta1.policy.dnsbl import NOT_LISTED_VERDICT, answer_from_records, dnsbl_verdict, query_name
 from meta1.policy.greylist import check as greylist_check, triplet
+from meta1.policy.route import ERROR_NEXTHOP
 from meta1.policy.session import SessionChecks
 from meta1.policy.settings import PolicySettings
 from meta1.smtp.address import parse_forward_path
@@ -51,7 +52,9 @@ from meta1.smtp.replies import R, Reply
 
 log = logging.getLogger("meta1.policy")
 
-Answer = Callable[[str, "Reply | None"], object]
+#: ``answer(outcome, reply, routes=())``: ``routes``, for an accepted recipient, are its
+#: copies as (next hop, address) pairs (D-POL-21).
+Answer = Callable[..., object]
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ class PolicyService:
             if verdict.reason:
                 log.info("%s: rcpt %s: %s", question.session_id, question.recipient, verdict.reason)
             if verdict.accepted:
-                answer("discard" if verdict.discard else "ok", None)
+                answer("discard" if verdict.discard else "ok", None, copies(verdict.routes, plan.result.resolution))
             else:
                 answer("close" if verdict.reply.code == 421 else "refused", verdict.reply)
 
@@ -263,6 +266,15 @@ class PolicyService:
         for entry in lists:
             name = query_name(address, entry.domain)
             self.resolver.run(RecordsPlan(name, "A"), lambda result, key=entry.name: got(key, result))
+
+
+def copies(routes, resolution) -> tuple[tuple[str, str], ...]:
+    """An accepted recipient's copies as (next hop, address): its routes, and each target
+    that failed for good as next hop ``error:<reply>``, which qmgr bounces (a DSN naming
+    the target and the recipient it came from, D-POL-21)."""
+    failed = resolution.failures if resolution is not None else ()
+    return (tuple((route.nexthop, route.address) for route in routes)
+            + tuple((f"{ERROR_NEXTHOP}{reply_line(f.reply)}", f.address) for f in failed if not f.temporary))
 
 
 def verdict_address(result) -> str:

@@ -32,6 +32,14 @@ Where each decision goes (durability, DESIGN.md "Message life")
     * ``TransactionDone`` → when every done record of the transaction is durable, its
       content file is removed (off the loop) and its DEFEDB rows with it.
 
+Next hops
+    A recipient's next hop is the one smar resolved at RCPT (``Recipient.nexthop``,
+    D-POL-21; spec/delivery-path.md "Next hops"): a domain or ``[host]`` is asked of
+    smar (``RouteRequest``); ``lmtp:PATH`` is its own route (the socket); ``error:REPLY``,
+    ``file:`` and ``program:`` are bounced at once (``RouteFailed`` permanent). A
+    recipient without one — a DSN qmgr made — goes by its domain, the host's own names
+    to the LMTP socket (D-DLV-6).
+
 Remote-MTA
     A recipient's reply from a server goes to the scheduler with the exchanger's name
     (the host of the ``Target`` smtpc reached), kept in DEFEDB with the reply, and named in
@@ -59,6 +67,7 @@ from meta1.eventloop import Alarm, GroupCommit, WorkerPool
 from meta1.ids import IdGenerator
 from meta1.ipc.records import (Delivery, DeliveryResult, IdleClosed, PolicyVerdict, RecipientsDone, Recipient,
                                RouteRequest, RouteResult, Target, Transaction)
+from meta1.policy.route import ERROR_NEXTHOP, LMTP_NEXTHOP
 from meta1.qmgr.policy import PolicyRelay
 from meta1.qmgr.dsn import Action, MessageKind, NoDsn, Original, RecipientReport, build_dsn, plan_dsn
 from meta1.qmgr.scheduler import (Bounce, DeliveryAgentLost, DeliveryEnded, DelayWarning, Exchanger, Final,
@@ -74,6 +83,10 @@ from meta1.runtime.link import LinkClient, LinkServer, RecordLink
 from meta1.runtime.process import local_hostname, trace_sink
 
 log = logging.getLogger("meta1.qmgr")
+
+#: Next hops meta1 has no delivery agent for (D-POL-12): their recipients bounce.
+NO_AGENT = {f"{kind}:": f"550 5.3.5 meta1 has no delivery agent for {kind} deliveries (an alias to a {kind})"
+            for kind in ("file", "program")}
 
 #: The process index in the ids of messages qmgr generates (DSNs): smtps uses 00–FE.
 QMGR_ID_INDEX = 0xFF
@@ -122,9 +135,9 @@ class DeliveryManager:
         self.port = config.smtpc.remote_port
         lmtp_socket = config.smtpc.LMTP_socket
         # D-DLV-6: with an LMTP socket, mail for the host's own domain is delivered there.
-        self.lmtp_path = (os.path.join(config.queue_directory, lmtp_socket)
-                          if isinstance(lmtp_socket, str) and lmtp_socket else None)
-        self.lmtp_nexthop = f"lmtp:{self.lmtp_path}" if self.lmtp_path else None
+        self.queue_directory = config.queue_directory
+        self.lmtp_nexthop = (f"lmtp:{os.path.join(config.queue_directory, lmtp_socket)}"
+                             if isinstance(lmtp_socket, str) and lmtp_socket else None)
         self.scheduler = Scheduler(SchedulerConfig.from_config(config), trace=trace_sink(config))
         self.defedb, quarantined = open_defedb(self.layout, now=now_us())
         for path in quarantined:
@@ -175,7 +188,7 @@ class DeliveryManager:
             if recipient.rcpt_id in done:
                 continue
             state = deferred.get(recipient.rcpt_id)
-            nexthop = self.nexthop(recipient.address)
+            nexthop = self.nexthop(recipient)
             if state is None or state.state is not RecipientState.DEFERRED:
                 entries.append(RecipientEntry(recipient.rcpt_id, nexthop))
             else:
@@ -184,11 +197,24 @@ class DeliveryManager:
                                               last, state.warned, state.remote_mta or ""))
         return tuple(entries)
 
-    def nexthop(self, address: str) -> str:
-        nexthop = nexthop_of(address, self.hostname)
-        if self.lmtp_nexthop is not None and nexthop in (self.hostname.lower(), "localhost"):
+    def nexthop(self, recipient: Recipient) -> str:
+        """The scheduler's next hop of a recipient: the one smar resolved at RCPT
+        (D-POL-21), an LMTP socket made absolute (``lmtp:`` alone: smtpc's
+        ``LMTP_socket``); for a recipient nobody routed (a DSN qmgr made) or ``lmtp:``
+        without an LMTP socket, the address's domain — the host's own names to the LMTP
+        socket (D-DLV-6)."""
+        nexthop = recipient.nexthop
+        if nexthop.startswith(LMTP_NEXTHOP):
+            path = nexthop[len(LMTP_NEXTHOP):]
+            if path:
+                return LMTP_NEXTHOP + os.path.join(self.queue_directory, path)
+            nexthop = self.lmtp_nexthop or ""
+        if nexthop:
+            return nexthop
+        domain = nexthop_of(recipient.address, self.hostname)
+        if self.lmtp_nexthop is not None and domain in (self.hostname.lower(), "localhost"):
             return self.lmtp_nexthop       # D-DLV-6
-        return nexthop
+        return domain
 
     def arrived(self, transaction: Transaction, done: frozenset[str] = frozenset(),
                 deferred: dict[str, DeferredRecipient] | None = None, held: bool = False) -> None:
@@ -254,9 +280,16 @@ class DeliveryManager:
     # -- smar --------------------------------------------------------------------------------
 
     def _resolve(self, nexthop: str) -> None:
-        if nexthop == self.lmtp_nexthop:     # local delivery: the socket is the route
+        if nexthop.startswith(LMTP_NEXTHOP):     # local delivery: the socket is the route
             self.loop.call_soon(lambda: self.handle(RouteResolved(
-                nexthop, (Exchanger(0, "lmtp", (self.lmtp_path,)),), now_us() + 86400 * SECOND)))
+                nexthop, (Exchanger(0, "lmtp", (nexthop[len(LMTP_NEXTHOP):],)),), now_us() + 86400 * SECOND)))
+            return
+        failure = NO_AGENT.get(nexthop) or (nexthop[len(ERROR_NEXTHOP):] if nexthop.startswith(ERROR_NEXTHOP)
+                                            else None)
+        if failure is not None:
+            # A copy that cannot be delivered (an alias target that failed at RCPT, or a
+            # file or program the aliases flags allow): bounced with smar's reply.
+            self.loop.call_soon(lambda: self.handle(RouteFailed(nexthop, True, failure)))
             return
         if not self.smar.ready:
             self.routes_unsent.append(nexthop)
@@ -307,7 +340,7 @@ class DeliveryManager:
         wanted = set(action.rcpt_ids)
         cut = dataclasses.replace(transaction, recipients=tuple(r for r in transaction.recipients
                                                                 if r.rcpt_id in wanted))
-        lmtp = action.nexthop == self.lmtp_nexthop
+        lmtp = action.nexthop.startswith(LMTP_NEXTHOP)
         targets = tuple(Target(exchanger.host, address, 0 if lmtp else self.port, exchanger.preference)
                         for address, exchanger in zip(action.addresses, action.targets))
         log.info("%s: scheduled: delivery %d of %d recipient%s to %s via %s%s", action.ta_id, action.delivery_id,

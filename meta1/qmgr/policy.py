@@ -62,7 +62,7 @@ class PolicyRelay:
             log.error("smar answered policy check %d, which was not asked", record.request_id)
             return
         link, check = entry
-        self._answer(link, check, record.outcome, record.reply)
+        self._answer(link, check, record.outcome, record.reply, record.routes)
 
     def smar_lost(self) -> None:
         pending, self.pending = self.pending, {}
@@ -74,6 +74,6 @@ class PolicyRelay:
             del self.pending[request_id]
 
     @staticmethod
-    def _answer(link: RecordLink, check: PolicyCheck, outcome: str, reply: str) -> None:
+    def _answer(link: RecordLink, check: PolicyCheck, outcome: str, reply: str, routes=()) -> None:
         if not link.closed:
-            link.send(PolicyVerdict(check.request_id, outcome, reply))
+            link.send(PolicyVerdict(check.request_id, outcome, reply, routes))

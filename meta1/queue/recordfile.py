@@ -53,7 +53,9 @@ import meta1.ipc.records  # noqa: F401  (registers the IPC types that IBDB store
 from meta1.ipc.codec import MAX_FRAME, ProtocolError, decode, encode, record, record_class
 
 CDB_MAGIC = b"M1CDB\0\0\1"
-IBDB_MAGIC = b"M1IBDB\0\1"
+IBDB_MAGIC = b"M1IBDB\0\2"    # 2: Recipient.nexthop (D-Q-15)
+#: The magics of formats earlier meta1 versions wrote: OlderFormat, not damage (D-Q-15).
+EARLIER_MAGICS = frozenset({b"M1IBDB\0\1"})
 MAGIC_SIZE = 8
 MAX_RECORD = MAX_FRAME
 """Largest ``length`` (type + fields) a reader accepts."""
@@ -110,6 +112,16 @@ class DamagedFile(Exception):
         self.reason = reason
 
 
+class OlderFormat(Exception):
+    """A record file an earlier meta1 wrote, in a format this one does not read (D-Q-15).
+    Not damage: nothing is quarantined, the reader refuses to go on."""
+
+    def __init__(self, path: object, found: int, expected: int):
+        super().__init__(f"{path}: written in format {found} by an earlier meta1; this meta1 reads format "
+                         f"{expected}: deliver that queue with the meta1 that wrote it (D-Q-15)")
+        self.path = path
+
+
 class TornTail(DamagedFile):
     """The file ends inside its last record (or its magic): an interrupted append.
     ``offset`` is where the cut record starts — the length to truncate the file to."""
@@ -146,6 +158,8 @@ def check_magic(stream: BinaryIO, magic: bytes, path: object) -> None:
         return
     if len(head) < MAGIC_SIZE and magic.startswith(head):
         raise TornTail(path, 0, f"the file ends inside its magic ({len(head)} of {MAGIC_SIZE} octets)")
+    if head in EARLIER_MAGICS and head[:-1] == magic[:-1]:
+        raise OlderFormat(path, head[-1], magic[-1])
     if head.count(0) == len(head) and _zeros_to_end(stream):
         raise TornTail(path, 0, "the file holds nothing but zeros")
     raise DamagedFile(path, 0, f"bad magic {head!r}, expected {magic!r}")

@@ -1,6 +1,6 @@
 """smar, the address resolver daemon: routes for qmgr, from DNS, without blocking.
 
-Responsibilities (this version: routes for delivery; map lookups come with the maps issue)
+Responsibilities
     * Listen on ``smar/smarqmgr`` in the queue directory for qmgr (qmgr is the client:
       its ``wait_for_server`` is how long it waits for smar at start).
     * Answer every :class:`~meta1.ipc.records.RouteRequest` with one
@@ -9,7 +9,8 @@ Responsibilities (this version: routes for delivery; map lookups come with the m
       CNAMEs, "good enough" when any exchanger has an address — spec/smar.md), or a
       temporary or permanent failure with its enhanced status code.
     * An address literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``, RFC 5321 §4.1.3) is its
-      own route: no DNS.
+      own route: no DNS. A bracketed host name (``[mx.example.org]``, a mailertable's
+      "no MX lookup") is routed to that host's addresses (:meth:`Resolver.resolve_addresses`).
     * Answer every :class:`~meta1.ipc.records.PolicyCheck` qmgr passes on from smtps
       (:mod:`meta1.smar.policy`).
 
@@ -39,7 +40,7 @@ from meta1.runtime.link import LinkServer, RecordLink
 from meta1.runtime.process import announce_ready, run_loop, trace_sink
 from meta1.smar.cache import TtlCache
 from meta1.smar.nameservers import RESOLV_CONF, load_resolver_settings
-from meta1.smar.plans import MxResult
+from meta1.smar.plans import AddressResult, MxResult
 from meta1.smar.policy import SmarPolicy
 from meta1.smar.resolver import Resolver
 
@@ -57,6 +58,8 @@ def address_literal_route(request: RouteRequest) -> RouteResult | None:
     try:
         address = str(ipaddress.ip_address(text))
     except ValueError:
+        if domain[1:-1] == text and text and not text.isdigit() and ":" not in text:
+            return None             # "[host]" from a mailertable: the host's addresses
         return RouteResult(request.request_id, domain, "permanent", (), "5.1.2",
                            f"bad address literal {domain}", 0)
     return RouteResult(request.request_id, domain, "ok", (Exchanger(0, domain, (address,)),),
@@ -105,6 +108,20 @@ class AddressResolver:
             if not link.closed:
                 link.send(route_result(record.request_id, result))
 
+        if record.domain.startswith("["):
+            # A mailertable's "[host]": the host itself, no MX lookup (D-POL-21).
+            host = record.domain[1:-1]
+
+            def answer_host(result: AddressResult) -> None:
+                log.info("route %s: %s %s %s", record.domain, result.verdict.value, result.status,
+                         " ".join(result.addresses) or result.reason)
+                if not link.closed:
+                    exchangers = (Exchanger(0, host, result.addresses),) if result.addresses else ()
+                    link.send(RouteResult(record.request_id, record.domain, result.verdict.value, exchangers,
+                                          result.status, result.reason, 0))
+
+            self.resolver.resolve_addresses(host, answer_host)
+            return
         self.resolver.resolve_mx(record.domain, answer)
 
     def start(self) -> None:

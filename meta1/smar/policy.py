@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 
-from meta1.ipc.records import PolicyCheck, PolicyVerdict
+from meta1.ipc.records import PolicyCheck, PolicyVerdict, ResolvedRecipient
 from meta1.maps.driver import MapDriver, open_maps
 from meta1.policy.service import PolicyService, Question, reply_line
 from meta1.qmgr.policy import unavailable
@@ -53,10 +53,11 @@ class SmarPolicy:
             self.service.end(record.session_id)
             return
 
-        def answer(outcome: str, reply) -> None:
+        def answer(outcome: str, reply, routes=()) -> None:
             if not link.closed:
                 text = reply if isinstance(reply, str) else reply_line(reply) if reply is not None else ""
-                link.send(PolicyVerdict(record.request_id, outcome, text))
+                link.send(PolicyVerdict(record.request_id, outcome, text,
+                                        tuple(ResolvedRecipient(nexthop, address) for nexthop, address in routes)))
 
         question = Question(record.session_id, record.stage, record.client_address, record.helo, record.sender,
                             record.recipient, record.relay_granted, record.server or None)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 
-from meta1.ipc.records import PolicyCheck, PolicyVerdict
+from meta1.ipc.records import PolicyCheck, PolicyVerdict, ResolvedRecipient
 from meta1.smtp import R, reply_from_line
 from meta1.policy.service import NoMaps, PolicyService, Question
 from meta1.smtps.session import CheckPolicy, Outcome
@@ -65,7 +65,8 @@ class PolicyClient:
             verdict: list = []
             self.local.ask(Question(session.id, request.stage, session.client_address, session.helo or "",
                                     request.sender, request.recipient, False, self.server.name),
-                           lambda outcome, reply: verdict.append((OUTCOMES[outcome], reply)))
+                           lambda outcome, reply, routes=(): verdict.append(
+                               (OUTCOMES[outcome], reply, tuple(ResolvedRecipient(*route) for route in routes))))
             return verdict[0]
         qmgr = self.server.qmgr
         if not qmgr.ready:
@@ -92,7 +93,7 @@ class PolicyClient:
         except (KeyError, ValueError):
             log.error("%s: unusable policy verdict %r %r", session_id, record.outcome, record.reply[:80])
             outcome, reply = Outcome.CLOSE, R.LOCAL_ERROR.format(hostname=self.server.settings.hostname)
-        self._deliver(session_id, outcome, reply)
+        self._deliver(session_id, outcome, reply, record.routes)
 
     def link_lost(self) -> None:
         for request_id in list(self.pending):
@@ -127,7 +128,7 @@ class PolicyClient:
         outcome, line = UNAVAILABLE[stage]
         return outcome, reply_from_line(line)
 
-    def _deliver(self, session_id: str, outcome: Outcome, reply) -> None:
+    def _deliver(self, session_id: str, outcome: Outcome, reply, routes=()) -> None:
         connection = self.server.connection_of(session_id)
         if connection is not None and connection.session is not None:
-            connection.apply(connection.session.policy_result(outcome, reply))
+            connection.apply(connection.session.policy_result(outcome, reply, routes))

@@ -15,7 +15,7 @@ The interface (sans-I/O)
         session.start()                  -> greeting
         session.receive(bytes)           -> replies, content effects, possibly a commit
         session.commit_result(ok, why)   -> the reply to the final dot / last chunk
-        session.policy_result(outcome, reply) -> the answer a CheckPolicy waited for
+        session.policy_result(outcome, reply, routes) -> the answer a CheckPolicy waited for
         session.timeout() / eof() / shutdown()
 
     Effects: :class:`Send` (bytes for the client), :class:`Close` (after the output is
@@ -44,6 +44,9 @@ Strategies
       after MAIL has parsed, each recipient after RCPT has parsed; the verdict's refusal
       is the reply. Where and how the verdict is reached (smar's maps, ``delay_checks``)
       is not the session's business: it asks, waits and answers.
+    * An accepted recipient's verdict carries its routes, one per copy (an alias expands
+      into several): each is queued as a recipient with its next hop; a copy already
+      queued for that address and next hop is not queued again (D-POL-21).
     * Every reply of class 4 or 5 to a command counts toward ``max_errors_per_session``,
       except 452 for too many recipients, which is flow control (RFC 5321 §4.5.3.1.10).
 """
@@ -56,14 +59,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from meta1.ipc.records import Recipient, Transaction
+from meta1.ipc.records import Recipient, ResolvedRecipient, Transaction
 from meta1.machine import Machine, TraceSink
 from meta1.smtp import (ContentScanner, DataDecoder, Extensions, LineFramer, MailArgs, R,
                         Reply, SMTPError, comment_safe, format_date,
                         parse_mail, parse_rcpt, printable)
 from meta1.smtps.commands import COMMANDS, Command, split_command
 from meta1.smtp.server import Close, Send, ServerSession
-from meta1.ids import IdUnavailable, recipient_id
+from meta1.ids import MAX_RECIPIENT_INDEX, IdUnavailable, recipient_id
 from meta1.smtps.states import CHECKING_STATES, TABLE, Input, State
 
 log = logging.getLogger("meta1.smtps")
@@ -117,7 +120,9 @@ class Outcome(enum.Enum):
 
 
 Effect = Send | Close | OpenContent | WriteContent | DiscardContent | CommitContent
-Verdict = tuple[Outcome, "Reply | None"]
+#: (outcome, reply) or (outcome, reply, routes): an accepted recipient's copies, each with
+#: its next hop (D-POL-21); without routes the recipient is queued as given, unrouted.
+Verdict = tuple[Outcome, "Reply | None"] | tuple[Outcome, "Reply | None", tuple[ResolvedRecipient, ...]]
 
 
 class Services(Protocol):
@@ -190,6 +195,14 @@ class _Transaction:
     content_open: bool = False
     content_size: int = 0
     scanner: ContentScanner | None = None
+    routed: set[tuple[str, str]] = field(default_factory=set)   # (next hop, route_key) queued
+
+
+def route_key(address: str) -> str:
+    """An address as copies are compared: the domain without case, the local part as
+    given (RFC 5321 §2.4: only the receiving host may interpret it)."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else address
 
 
 class Session(ServerSession):
@@ -234,6 +247,7 @@ class Session(ServerSession):
         self._close_reason = ""
         self._checked: object = None          # the parsed MAIL/RCPT waiting for its verdict
         self._policy_reply: Reply | None = None
+        self._policy_routes: tuple[ResolvedRecipient, ...] = ()
         self._discard_requested = False       # DISCARD for the sender or recipient checked
         self.discard_all = False              # DISCARD at connect: every transaction
 
@@ -260,10 +274,11 @@ class Session(ServerSession):
         self._process()
         return self._take()
 
-    def policy_result(self, outcome: Outcome, reply: Reply | None = None) -> list[Effect]:
+    def policy_result(self, outcome: Outcome, reply: Reply | None = None,
+                      routes: tuple[ResolvedRecipient, ...] = ()) -> list[Effect]:
         """The verdict :meth:`Services.policy` did not know at once; ``reply`` for REFUSED
-        and CLOSE."""
-        self._fire(self._verdict_input(outcome, reply))
+        and CLOSE, ``routes`` for an accepted recipient."""
+        self._fire(self._verdict_input(outcome, reply, routes))
         self._process()
         return self._take()
 
@@ -501,7 +516,15 @@ class Session(ServerSession):
         verdict = self.services.policy(self, check)
         return None if verdict is None else self._verdict_input(*verdict)
 
-    def _verdict_input(self, outcome: Outcome, reply: Reply | None) -> Input:
+    def _verdict_input(self, outcome: Outcome, reply: Reply | None,
+                       routes: tuple[ResolvedRecipient, ...] = ()) -> Input:
+        if outcome is not Outcome.REFUSED and outcome is not Outcome.CLOSE and self.tx is not None and \
+                self.state in (State.CHECKING_FIRST_RCPT, State.CHECKING_RCPT) and \
+                len(self.tx.recipients) + max(1, len(routes)) > min(self.settings.max_rcpts, MAX_RECIPIENT_INDEX + 1):
+            # An alias expands into more copies than the transaction may hold: the limit
+            # counts queued recipients, so that the ids and qmgr's work stay bounded.
+            outcome, reply = Outcome.REFUSED, R.TOO_MANY_RECIPIENTS
+        self._policy_routes = routes
         if outcome is Outcome.DISCARD:
             if self.state is State.CHECKING_CLIENT:
                 self.discard_all = True
@@ -590,12 +613,33 @@ class Session(ServerSession):
         if self._discard_requested:
             tx.discard = True
             self._discard_requested = False
-        rcpt_id = recipient_id(tx.ta_id, len(tx.recipients))
+        routes, self._policy_routes = self._policy_routes, ()
+        address = args.path.address
         orcpt_type, orcpt = args.orcpt if args.orcpt is not None else (None, None)
-        tx.recipients.append(Recipient(rcpt_id=rcpt_id, address=args.path.address,
-                                       notify=args.notify, orcpt_type=orcpt_type, orcpt=orcpt))
-        log.info("%s: rcpt to=%s", rcpt_id, printable(str(args.path)))
-        self._send(R.RECIPIENT_OK.format(address=args.path.address))
+        if not routes:
+            routes = (ResolvedRecipient("", address),)
+        elif orcpt is None and any(route.address != address for route in routes):
+            # The recipient as the client gave it, for the DSNs of the copies an alias
+            # made (RFC 3461 §4.2: an ORCPT may be added when none came; D-POL-21).
+            orcpt_type, orcpt = "rfc822", address
+        for route in routes:
+            if (route.nexthop, route_key(route.address)) in tx.routed:
+                # One copy per address and next hop in a transaction, the first one's DSN
+                # parameters standing: two aliases that reach the same person, or a
+                # recipient given twice, deliver once (D-POL-21).
+                log.info("%s: rcpt to=<%s>: a copy is queued already", self.id, printable(route.address))
+                continue
+            tx.routed.add((route.nexthop, route_key(route.address)))
+            rcpt_id = recipient_id(tx.ta_id, len(tx.recipients))
+            tx.recipients.append(Recipient(rcpt_id=rcpt_id, address=route.address, notify=args.notify,
+                                           orcpt_type=orcpt_type, orcpt=orcpt, nexthop=route.nexthop))
+            via = f" via {route.nexthop}" if route.nexthop else ""
+            if route.address == address:
+                log.info("%s: rcpt to=%s%s", rcpt_id, printable(str(args.path)), via)
+            else:
+                log.info("%s: rcpt to=<%s>%s (alias of %s)", rcpt_id, printable(route.address), via,
+                         printable(str(args.path)))
+        self._send(R.RECIPIENT_OK.format(address=address))
 
     def _do_data(self, _):
         self._start_content()
