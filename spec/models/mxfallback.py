@@ -39,7 +39,7 @@ class State(NamedTuple):
 
 class MxFallback:
     name = "mxfallback"
-    description = __doc__.split("\n")[0]
+    description = " ".join(__doc__.split("\n\n")[0].split())   # the first paragraph: the promise
 
     def __init__(self, retry_refused: bool = False):
         self.retry_refused = retry_refused

@@ -42,7 +42,7 @@ class State(NamedTuple):
 
 class Scheduler:
     name = "scheduler"
-    description = __doc__.split("\n")[0]
+    description = " ".join(__doc__.split("\n\n")[0].split())   # the first paragraph: the promise
 
     def __init__(self, readmit: bool = True):
         self.readmit = readmit

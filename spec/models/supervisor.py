@@ -55,7 +55,7 @@ def _closure(name: str) -> set[str]:
 
 class Supervisor:
     name = "supervisor"
-    description = __doc__.split("\n")[0]
+    description = " ".join(__doc__.split("\n\n")[0].split())   # the first paragraph: the promise
 
     def __init__(self, blocks: bool = True):
         self.blocks = blocks
