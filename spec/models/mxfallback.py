@@ -9,6 +9,9 @@ is skipped: the next preference is used instead of waiting, B59). Each address t
 refuse the connection, greet with 4xx (move on), greet with 5xx (stop: bounce) or take
 the message.
 
+``tests/test_smtpc_plan.py`` checks that qmgr's address plan and smtpc's walk refine this
+model.
+
 Invariants
     * once-per-attempt — no address is tried twice;
     * preference-order — an address is tried only when every address of a better
