@@ -254,7 +254,8 @@ def rendered(root: str) -> dict[str, str]:
 
 
 def drifted(root: str) -> list[str]:
-    """Generated files whose content differs from what the code renders now."""
+    """Generated files whose content differs from what the code (and, for the index, the
+    spec's files) renders now."""
     stale = []
     for rel, text in rendered(root).items():
         try:

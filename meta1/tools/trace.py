@@ -202,7 +202,8 @@ def main(queue_id: str, paths: list[str], trace_file: str | None = None) -> int:
     found: list[dict] = []
     if trace_file is not None:
         try:
-            found = transitions(_read_lines(trace_file), wanted)
+            with open(trace_file, encoding="utf-8", errors="replace") as records:   # streamed: it only grows
+                found = transitions(records, wanted)
         except OSError as error:     # the log story stands on its own
             print(f"meta1 trace: {trace_file}: {error.strerror}", file=sys.stderr)
         else:
