@@ -29,7 +29,8 @@
     meta1 accounts [--create]
                              MeTA1's accounts, which mcp uses as root; --create adds them
     meta1 trace [-f FILE] [--log PATH] ID
-                             the life of a message across the daemons, from the log
+                             the life of a message across the daemons, from the log; with
+                             trace_file, then its path through the state machines
     meta1 lookup [-f FILE] TAG KEY
                              every key tried for KEY under TAG, the map that answered, the answer
     meta1 greyprint [-f FILE] / greyrm [-f FILE] [--network N] [--client IP] [--sender S] [--recipient R]
@@ -178,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(policycli, args.command)(args, config)
     elif args.command == "trace":
         from meta1.mcp.commands import log_file_of
+        from meta1.runtime.process import trace_file_path
         from meta1.tools import trace
-        return trace.main(args.id, args.log or [log_file_of(config)])
+        return trace.main(args.id, args.log or [log_file_of(config)], trace_file_path(config))
     elif args.command in ("start", "stop", "status"):
         from meta1.mcp import commands
         if args.command == "start":

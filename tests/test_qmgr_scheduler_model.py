@@ -18,21 +18,28 @@ recipients are final — and after every step checks them against the scheduler 
 * at the end, under a fair driver (every route answers, every delivery ends — all
   successfully, or all with 4xx until the queue lifetime bounces them), every
   transaction reaches done.
+
+A second machine checks that the scheduler refines ``spec/models/scheduler.py`` (issue 7):
+driven within the model's bounds, every step it takes is one the model allows, so the
+model's proofs — limits, the AQ bound, no starvation — speak of this code.
 """
 
 from __future__ import annotations
+
+import re
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from meta1.qmgr.scheduler import (
-    SECOND, Bounce, Connected, Delete, DelayWarning, DeliveryAgentLost, DeliveryEnded, Exchanger,
+    SECOND, Bounce, Connected, Delete, DelayWarning, DeliveryAgentLost, DeliveryEnded, Exchanger, Final,
     Flush, Hold, MessageKind, RecipientEntry, RecipientOutcome, RecordDeferred, RecordDone, RecordHold,
     Release, ResolveRoute, RouteFailed, RouteResolved, Scheduler, SchedulerConfig, SessionClosed,
     StartDelivery, Status, Tick, TransactionArrived, TransactionDone,
 )
 from meta1.qmgr.states import AQ_STATES, State
+from refinement import Refinement, load_model
 
 KINDS = (MessageKind.ORIGINAL, MessageKind.DSN, MessageKind.DOUBLE_BOUNCE)
 NEXTHOPS = ("a.example", "b.example", "c.example")
@@ -321,3 +328,127 @@ class SchedulerModel(RuleBasedStateMachine):
 TestScheduler = SchedulerModel.TestCase
 TestScheduler.settings = settings(max_examples=120, stateful_step_count=60, deadline=None,
                                   suppress_health_check=[HealthCheck.too_slow])
+
+
+# -- refinement: the real scheduler against spec/models/scheduler.py --------------------------------
+
+SCHEDULER_MODEL, SCHEDULER_BOUNDS = load_model("scheduler")
+#: The model's destinations as next hops, each with one server address.
+NEXTHOP_OF = {destination: f"{destination}.example" for destination in SCHEDULER_BOUNDS.DESTINATIONS}
+SERVER_OF = {f"{destination}.example": f"192.0.2.{n}" for n, destination in enumerate(SCHEDULER_BOUNDS.DESTINATIONS, 1)}
+#: The scheduler's states as the model names them; DEFERRED is "deferred" or "due" by its next try.
+MODEL_STATE = {State.INCOMING: "incoming", State.ROUTING: "active-queue", State.READY: "active-queue",
+               State.ACTIVE: "delivering", State.DELIVERED: "delivered"}
+
+
+class SchedulerRefinement(Refinement):
+    """Arrivals for the model's destinations, deliveries ending delivered, deferred (a 4xx
+    from the server) or unreachable (no address answered), idle sessions kept and closed,
+    and the clock, on the real scheduler configured within the model's bounds: AQ_max_entries
+    at most the model's AQ bound, each destination one next hop with one server address whose
+    max_connections is the model's limit. smar answers every route at once (routing is not
+    in the model), nothing is held or deleted, and the queue lifetime is out of reach, so
+    nothing bounces. After each step the model must explain what the scheduler did."""
+
+    model = SCHEDULER_MODEL
+    internal = re.compile(r"admit #\d+( \(due\))? to the AQ|dispatch #\d+ to \w+|clock: #\d+ due")
+    # A clock step may make every deferred recipient due, admit as many as the AQ takes
+    # and dispatch them: one model step each.
+    depth = 3 * SCHEDULER_BOUNDS.ARRIVALS
+
+    # An AQ smaller than the model's refines it too, and only there can new and due mail
+    # wait together within the model's few arrivals: the fairness turn is then tested.
+    @initialize(aq=st.sampled_from([1, SCHEDULER_BOUNDS.AQ_MAX]))
+    def setup(self, aq) -> None:
+        bounds = SCHEDULER_BOUNDS
+        self.scheduler = Scheduler(SchedulerConfig(
+            aq_max_entries=aq, min_queue_delay=100 * SECOND, max_queue_delay=400 * SECOND,
+            queue_lifetime=10**6 * SECOND, initial_connections=bounds.LIMIT, max_connections=bounds.LIMIT,
+            max_recipients_per_delivery=1, max_addresses_per_delivery=1))
+        self.now = START
+        self.destinations: list[str] = []         # by arrival: recipient n is T<n>-0000
+        self.flight: dict[int, StartDelivery] = {}
+        self.idle: dict[str, int] = {}             # sessions smtpc keeps open, per address
+        self.delivered: set[str] = set()
+        self.begin(self.model.initial()[0])
+
+    def abstraction(self):
+        views = {view.rcpt_id: view for view in self.scheduler.recipients()}
+        recipients = []
+        for n, destination in enumerate(self.destinations):
+            rcpt_id = f"T{n}-0000"
+            view = views.get(rcpt_id)
+            if view is None:                     # its transaction is done and forgotten
+                state = "delivered" if rcpt_id in self.delivered else "gone"
+            elif view.state is State.DEFERRED:
+                state = "due" if view.next_try <= self.now else "deferred"
+            else:
+                state = MODEL_STATE.get(view.state, view.state.name)
+            recipients.append(SCHEDULER_BOUNDS.Recipient(destination, state))
+        # The fairness turn is hidden state the model has too: part of the abstraction, so
+        # that one abstraction is one model state (tests/refinement.py).
+        return SCHEDULER_BOUNDS.State(tuple(recipients), len(self.destinations), self.scheduler._incoming_turn)
+
+    def send(self, event, label: str | None = None) -> None:
+        """Hand ``event`` to the scheduler and play smar and smtpc's bookkeeping, then follow
+        in the model, where ``event`` is the action ``label``."""
+        events = [event]
+        while events:
+            for action in self.scheduler.handle(events.pop(0), self.now):
+                if isinstance(action, ResolveRoute):
+                    server = Exchanger(10, f"mx.{action.nexthop}", (SERVER_OF[action.nexthop],))
+                    events.append(RouteResolved(action.nexthop, (server,), self.now + 10**6 * SECOND))
+                elif isinstance(action, StartDelivery):
+                    self.flight[action.delivery_id] = action
+                    if action.reuse:
+                        self.idle[action.addresses[0]] -= 1
+                elif isinstance(action, RecordDone):
+                    assert action.outcome is Final.DELIVERED, action
+                    self.delivered.add(action.rcpt_id)
+            self.scheduler.check_invariants()
+        self.step(label)
+
+    @precondition(lambda self: len(self.destinations) < SCHEDULER_BOUNDS.ARRIVALS)
+    @rule(destination=st.sampled_from(SCHEDULER_BOUNDS.DESTINATIONS))
+    def arrive(self, destination):
+        ta_id = f"T{len(self.destinations)}"
+        self.destinations.append(destination)
+        self.send(TransactionArrived(ta_id, "alice@example.org", self.now,
+                                     (RecipientEntry(f"{ta_id}-0000", NEXTHOP_OF[destination]),)),
+                  f"arrival for {destination}")
+
+    @precondition(lambda self: self.flight)
+    @rule(data=st.data(), how=st.sampled_from(["delivered", "deferred", "unreachable"]), kept_open=st.booleans())
+    def end(self, data, how, kept_open):
+        delivery = self.flight.pop(data.draw(st.sampled_from(sorted(self.flight))))
+        address = delivery.addresses[0]
+        index = int(delivery.ta_id[1:])           # T<n>: the model's recipient #n
+        if how == "unreachable":
+            # On a fresh connection that is the model's "unreachable" (D-SCHED-6: the plan
+            # held every address, none answered); an idle session that broke when reused
+            # says nothing about the destination: only this recipient is deferred.
+            label = f"#{index} deferred" if delivery.reuse else f"#{index}: {self.destinations[index]} unreachable"
+            self.send(DeliveryEnded(delivery.delivery_id, None, False, (), failed=(address,)), label)
+            return
+        if kept_open:
+            self.idle[address] = self.idle.get(address, 0) + 1
+        status = Status.DELIVERED if how == "delivered" else Status.TEMPORARY
+        self.send(DeliveryEnded(delivery.delivery_id, address, kept_open, tuple(
+            RecipientOutcome(rcpt, status, REPLIES[status]) for rcpt in delivery.rcpt_ids)), f"#{index} {how}")
+
+    @precondition(lambda self: any(self.idle.values()))
+    @rule(data=st.data())
+    def close_idle(self, data):
+        address = data.draw(st.sampled_from(sorted(a for a, n in self.idle.items() if n)))
+        self.idle[address] -= 1
+        self.send(SessionClosed(address))
+
+    @rule(seconds=st.sampled_from([50, 100, 400]))
+    def clock(self, seconds):
+        self.now += seconds * SECOND
+        self.send(Tick())
+
+
+TestSchedulerRefinement = SchedulerRefinement.TestCase
+TestSchedulerRefinement.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
+                                            suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,5 @@
-"""The MX/address plan: order, fallback, bounds, connection limits (B59, B60), with a seeded RNG."""
+"""The MX/address plan: order, fallback, bounds, connection limits (B59, B60), with a seeded RNG;
+and, with qmgr's address plan, the refinement of spec/models/mxfallback.py."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from collections import Counter
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from hypothesis.stateful import initialize, precondition, rule
 
+from meta1.qmgr.destinations import Destinations, Plan as QmgrPlan
 from meta1.smtp.replies import Reply
 from meta1.smtpc.plan import TABLE, AddressPlan, Input, PlanMisuse, State, candidates
+from refinement import Refinement, load_model
 
 MX = [(20, "backup.example", ["192.0.2.20"]),
       (10, "mx1.example", ["192.0.2.1", "2001:db8::1"]),
@@ -151,3 +155,91 @@ def test_any_walk_respects_the_bounds_and_the_table(exchangers, seed, max_addres
     assert len({c.address for c in plan.tried}) == len(plan.tried)
     for step in trace:
         assert (State[step["old"]], Input[step["input"]]) in TABLE
+
+
+# -- refinement: qmgr's plan and smtpc's walk against spec/models/mxfallback.py ---------------------
+
+MX_MODEL, MX_BOUNDS = load_model("mxfallback")
+#: What the model's outcomes of one address are, as reports to the plan.
+REPORT = {
+    "refused": lambda plan: plan.connect_failed("Connection refused"),
+    "4xx greeting": lambda plan: plan.greeting(Reply(421, "4.3.2", ("busy",))),
+    "5xx greeting": lambda plan: plan.greeting(Reply(554, "5.7.1", ("no mail from you",))),
+    "accepted": lambda plan: (plan.greeting(Reply(220, None, ("ready",))), plan.delivered()),
+}
+MODEL_OUTCOME = {"delivered": "delivered", "permanent": "bounced", "temporary": "deferred"}
+
+
+class MxFallbackRefinement(Refinement):
+    """One delivery attempt to the model's next hop (``MX 10 a``, ``MX 10 b``, ``MX 20 c``),
+    with any of its addresses at its connection limit, and each address tried answering
+    as the model lets it; after every report the model must explain the walk.
+
+    The connection limit (B59) is applied where meta1 applies it — qmgr's plan leaves the
+    addresses without room out of the delivery (``Destinations.plan``), smtpc's plan walks
+    the rest — or, drawn instead, by smtpc's plan itself (``next_address(busy=...)``).
+    The model's limits do not change during the attempt, so a plan that has nothing left
+    but busy addresses (or a delivery qmgr cannot start at all) is the model's "no address
+    left: deferred": this attempt is over, the recipients wait.
+    """
+
+    model = MX_MODEL
+    ATTEMPT = dict(start=st.sampled_from(MX_MODEL.initial()), limits_in=st.sampled_from(["qmgr", "smtpc"]),
+                   seed=st.integers(0, 2 ** 32))
+
+    @initialize(**ATTEMPT)
+    def first_attempt(self, start, limits_in, seed) -> None:
+        self._attempt(start, limits_in, seed)
+
+    @precondition(lambda self: self.abstract.outcome is not None)
+    @rule(**ATTEMPT)
+    def next_attempt(self, start, limits_in, seed) -> None:
+        """An attempt is one run of the model: the next one starts from a start of its own."""
+        self._attempt(start, limits_in, seed)
+
+    def _attempt(self, start, limits_in, seed) -> None:
+        rng = random.Random(seed)
+        self.destinations = Destinations(1, 1)
+        for address in start.limited:        # at its limit: one open session fills its window
+            self.destinations.take(QmgrPlan((address,), reuse=False))
+            self.destinations.opened(address)
+        # smar's order: by preference, equal preferences shuffled (qmgr keeps it).
+        route = sorted(rng.sample(sorted(MX_BOUNDS.ADDRESSES), len(MX_BOUNDS.ADDRESSES)),
+                       key=MX_BOUNDS.ADDRESSES.get)
+        offered = route
+        self.busy = None
+        if limits_in == "qmgr":
+            qmgr_plan = self.destinations.plan(route, MX_BOUNDS.MAX_ADDRESSES)
+            offered = qmgr_plan.addresses if qmgr_plan is not None else []
+        else:
+            self.busy = lambda address: not self.destinations.can_start(address)
+        self.plan = AddressPlan([(MX_BOUNDS.ADDRESSES[a], f"mx-{a}.example", [a]) for a in offered], rng,
+                                max_addresses=MX_BOUNDS.MAX_ADDRESSES) if offered else None
+        self.reported: list[str] = []
+        self.over = False                    # the attempt ended without an address to try
+        self.begin(start)
+
+    def abstraction(self):
+        limited = frozenset(a for a in MX_BOUNDS.ADDRESSES if not self.destinations.can_start(a))
+        tried = tuple(zip((c.address for c in self.plan.tried), self.reported)) if self.plan else ()
+        outcome = "deferred" if self.over else None
+        if self.plan is not None and self.plan.outcome is not None:
+            outcome = MODEL_OUTCOME[self.plan.outcome.kind]
+        return MX_BOUNDS.State(limited, tried, outcome)
+
+    @precondition(lambda self: self.abstract.outcome is None)
+    @rule(what=st.sampled_from(MX_BOUNDS.OUTCOMES))
+    def next_address(self, what) -> None:
+        candidate = self.plan.next_address(busy=self.busy) if self.plan is not None else None
+        if candidate is None:
+            assert self.plan is None or self.plan.finished or self.plan.blocked
+            self.over = True
+            self.step("no address left: deferred")
+            return
+        self.reported.append(what)
+        REPORT[what](self.plan)
+        self.step(f"{candidate.address}: {what}")
+
+
+TestMxFallbackRefinement = MxFallbackRefinement.TestCase
+TestMxFallbackRefinement.settings = settings(max_examples=150, stateful_step_count=12, deadline=None)

@@ -1,9 +1,15 @@
 """``meta1 trace``'s reading of the logs (pure): which lines belong to a message, their
-stages, the DSNs it caused, the summary."""
+stages, the DSNs it caused, the summary; with ``trace_file``, the transitions of the
+message's machine instances — on recorded lines, and end to end on a real relay run."""
 
 from __future__ import annotations
 
-from meta1.tools.trace import format_events, trace
+import json
+import re
+
+from meta1.tools.trace import format_events, format_transitions, main, trace, transitions
+from test_smtpc_interop import needs_sink, sink  # noqa: F401 (fixture)
+from test_tracecheck import traced_relay_run  # noqa: F401 (fixture)
 
 TA = "S000661D35AD3F42700"
 SESSION = "S000661D35AD3F42600"
@@ -49,3 +55,79 @@ def test_the_summary_counts_the_messages_own_recipients() -> None:
 def test_an_unknown_id_has_no_events() -> None:
     assert trace(LOG.splitlines(), "S0000000000000000000") == []
     assert format_events([], "S0000000000000000000") == "S0000000000000000000: no log line names it\n"
+
+
+# -- the machine transitions (trace_file) ----------------------------------------------------------
+
+def record(machine: str, instance: str, old: str, input: str, new: str, daemon: str = "qmgr") -> str:
+    return json.dumps({"daemon": daemon, "machine": machine, "id": instance, "old": old, "input": input,
+                       "new": new, "time": None})
+
+
+RECORDS = [
+    record("smtps-session", SESSION, "CONNECTED", "START", "CHECKING_CLIENT", "smtps"),
+    record("qmgr-recipient", f"{TA}-0001", "INCOMING", "ADMIT", "ROUTING"),
+    record("qmgr-recipient", f"{OTHER}-0000", "INCOMING", "ADMIT", "ROUTING"),
+    "not a record",
+    record("smar-exchange", "far.test. MX", "CHOOSING", "SEND", "UDP_WAIT", "smar"),
+    record("smtpc-session", "127.0.0.1:25/1", "CONNECTING", "CONNECTED", "GREETING", "smtpc"),
+    record("smtpc-plan", TA, "CHOOSING", "CANDIDATE", "CONNECTING", "smtpc"),
+    record("qmgr-recipient", f"{DSN}-0000", "INCOMING", "ADMIT", "ROUTING"),
+]
+
+
+def test_the_transitions_of_the_messages_own_instances_in_file_order() -> None:
+    wanted = {TA, SESSION, DSN}
+    found = transitions(RECORDS, wanted)
+    assert [(r["machine"], r["id"]) for r in found] == [
+        ("smtps-session", SESSION), ("qmgr-recipient", f"{TA}-0001"), ("smtpc-plan", TA),
+        ("qmgr-recipient", f"{DSN}-0000")]
+    text = format_transitions(found, "trace.ndjson")
+    assert f"qmgr   qmgr-recipient  {TA}-0001 INCOMING --ADMIT--> ROUTING" in text
+    assert text.splitlines()[-1] == "4 transitions of 4 machine instances"
+    assert format_transitions([], "t.ndjson") == "no machine transition in t.ndjson names it\n"
+
+
+def test_with_trace_file_the_transitions_follow_the_story(tmp_path, capsys) -> None:
+    log = tmp_path / "meta1.log"
+    log.write_text(LOG)
+    traced = tmp_path / "trace.ndjson"
+    traced.write_text("\n".join(RECORDS) + "\n")
+    assert main(TA, [str(log)], str(traced)) == 0
+    story, transitions_part = capsys.readouterr().out.split("\n\n")
+    assert story.splitlines()[-1] == f"{TA}: 1 delivered, 1 bounced; done"
+    assert transitions_part.splitlines()[-1] == "4 transitions of 4 machine instances"
+    # An unreadable trace file leaves the story standing.
+    assert main(TA, [str(log)], str(tmp_path / "missing.ndjson")) == 0
+    captured = capsys.readouterr()
+    assert "machine transitions" not in captured.out and "missing.ndjson" in captured.err
+
+
+# -- end to end: a relay run with trace_file -------------------------------------------------------
+
+@needs_sink
+def test_a_bounced_message_and_its_dsn_through_the_machines(traced_relay_run) -> None:
+    mta = traced_relay_run
+    logs = mta.all_logs()
+    bounced = re.search(r"(S[0-9A-F]{18})-0000: bounced", logs)[1]
+    session = re.search(rf"(S[0-9A-F]{{18}}): ta={bounced} accepted", logs)[1]
+    dsn = re.search(rf"{bounced}: DSN (S[0-9A-F]{{18}}) queued", logs)[1]
+    result = mta.meta1("trace", "-f", str(mta.config),
+                       *[arg for path in sorted(mta.base.glob("*.log")) for arg in ("--log", str(path))], bounced)
+    assert result.returncode == 0, result.stderr
+    story, transitions_part = result.stdout.split("\n\n")
+    assert story.splitlines()[-1] == f"{bounced}: 1 bounced; done"
+    rows = transitions_part.splitlines()[1:-1]
+    instances = {tuple(row.split()[1:3]) for row in rows}
+    # Its session, its recipient, and the DSN it caused: the recipient and smtpc's plan.
+    assert instances == {("smtps-session", session), ("qmgr-recipient", f"{bounced}-0000"),
+                         ("qmgr-recipient", f"{dsn}-0000"), ("smtpc-plan", dsn)}
+    assert f"{bounced}-0000 ROUTING --BOUNCE--> BOUNCED" in transitions_part
+    assert f"{dsn}-0000 ACTIVE --DELIVERED--> DELIVERED" in transitions_part
+    assert rows[0].endswith("CONNECTED --START--> CHECKING_CLIENT")
+    # Every row is a record of the trace file, in the file's order.
+    recorded = [json.loads(line) for line in (mta.queue / "trace.ndjson").read_text().splitlines()]
+    shown = [(r["machine"], r["id"], r["old"], r["input"], r["new"]) for r in recorded
+             if (r["machine"], r["id"]) in instances]
+    assert [(row.split()[1], row.split()[2], row.split()[3], row.split()[4][2:-3], row.split()[5])
+            for row in rows] == shown

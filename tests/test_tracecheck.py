@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dnsserver import DnsServer
 from meta1.tools.tracecheck import check
 from mta import MTA, wait_for
@@ -14,8 +16,12 @@ from test_delivery import ZONES, send
 from test_smtpc_interop import _wait_dumps, needs_sink, sink  # noqa: F401 (fixture)
 
 
-@needs_sink
-def test_a_relay_run_is_row_by_row_its_tables(tmp_path, sink) -> None:  # noqa: F811
+@pytest.fixture
+def traced_relay_run(tmp_path, sink) -> MTA:  # noqa: F811
+    """A relay run (smtps, qmgr, smar, smtpc to smtp-sink) with ``trace_file =
+    trace.ndjson``: one message delivered to two recipients, one bounced, whose DSN is
+    delivered too. Returns the stopped MTA; its logs are ``base/*.log``. (Also used by
+    tests/test_trace.py.)"""
     server = sink()
     with DnsServer(ZONES) as dns:
         host, port = dns.address
@@ -31,7 +37,12 @@ def test_a_relay_run_is_row_by_row_its_tables(tmp_path, sink) -> None:  # noqa: 
             send(mta, "sender@example.test", ["nobody@unknown.test"])      # bounces: a DSN goes out too
             _wait_dumps(server, 2)
             wait_for(lambda: not mta.content_files(), timeout=30, what="every message done")
-    lines = (mta.queue / "trace.ndjson").read_text().splitlines()
+    return mta
+
+
+@needs_sink
+def test_a_relay_run_is_row_by_row_its_tables(traced_relay_run) -> None:
+    lines = (traced_relay_run.queue / "trace.ndjson").read_text().splitlines()
     report = check(lines)
     assert report.ok, report.text()
     assert {"smtps-session", "qmgr-recipient", "smtpc-plan", "smtpc-session", "smar-exchange"} <= set(

@@ -684,7 +684,7 @@ ROOT = SectionSpec(
         OptionSpec("trace_file", Path(), NOT_SET,
                    "File every daemon appends its state-machine transitions to, one JSON object "
                    "per line (daemon, machine, id, old, input, new, time), for "
-                   "`python3 -m meta1.tools.tracecheck`; relative to the queue directory.", EXT,
+                   "`python3 -m meta1.tools.tracecheck` and `meta1 trace`; relative to the queue directory.", EXT,
                    unset_means="no trace"),
     ),
     sections=(MCP, QMGR, SMTPS, SMTPC, SMAR, LMTPD),

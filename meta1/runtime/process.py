@@ -78,13 +78,18 @@ def redirect_stderr(path: str) -> None:
 TRACE_FD_ENV = "META1_TRACE_FD"
 
 
+def trace_file_path(config) -> str | None:
+    """Where ``trace_file`` is (relative to the queue directory), or None: no trace."""
+    path = config.trace_file
+    return os.path.join(config.queue_directory, path) if isinstance(path, str) else None
+
+
 def open_trace_file(config) -> int | None:
     """The descriptor of ``trace_file`` opened for appending (None: no trace)."""
-    path = config.trace_file
-    if not isinstance(path, str):
+    path = trace_file_path(config)
+    if path is None:
         return None
-    return os.open(os.path.join(config.queue_directory, path),
-                   os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
 
 
 def trace_sink(config):

@@ -1,8 +1,11 @@
-"""Render a state machine's transition table as Markdown and as a Graphviz diagram.
+"""Every state machine of meta1, and its table rendered as Markdown and as a Graphviz diagram.
 
-Both are pure functions of the table (:mod:`meta1.machine`), used by
-:mod:`meta1.tools.specgen` to write ``spec/machines/<machine>.md`` and ``.dot``; the
-drift test renders them again, so the diagrams are the code.
+:data:`MACHINES` names each machine and the module that holds its ``State``, ``Input``
+and ``TABLE``: the one list :mod:`meta1.tools.specgen` writes ``spec/machines/`` from and
+:mod:`meta1.tools.tracecheck` checks recorded traces against, so a new machine is
+documented and checkable by adding one line. The renderers are pure functions of the
+table (:mod:`meta1.machine`); the drift test renders them again, so the diagrams are
+the code.
 """
 
 from __future__ import annotations
@@ -14,13 +17,31 @@ from typing import Mapping
 
 from meta1.machine import Transition
 
+#: Machine name (as its trace records give it) → the module holding its State, Input, TABLE.
+MACHINES = {
+    "smtps-session": "meta1.smtps.states",
+    "smtpc-session": "meta1.smtpc.states",
+    "smtpc-plan": "meta1.smtpc.plan",
+    "smar-exchange": "meta1.smar.states",
+    "sockmap-connection": "meta1.maps.states",
+    "qmgr-recipient": "meta1.qmgr.states",
+    "mcp-service": "meta1.mcp.states",
+    "lmtpd-session": "meta1.lmtpd.states",
+    "policy-session": "meta1.policy.states",
+    "greylist-entry": "meta1.policy.greylist",
+}
+
+
+def summary(module) -> str:
+    """The one-line description of a machine: the first line of its module's docstring."""
+    return (inspect.getdoc(module) or "").partition("\n")[0].strip()
+
 
 def render_markdown(name: str, module, states: type[enum.Enum], inputs: type[enum.Enum],
                     table: Mapping[tuple[enum.Enum, enum.Enum], Transition]) -> str:
-    doc = inspect.getdoc(module) or ""
-    title, _, rest = doc.partition("\n")
-    lines = [f"# Machine `{name}`", "", f"*{title.strip()}* (`{module.__name__}`)", "", rest.strip(), "",
-             f"Diagram: [`{name}.dot`]({name}.dot) (render with `dot -Tsvg`).", "",
+    rest = (inspect.getdoc(module) or "").partition("\n")[2]
+    lines = [f"# Machine `{name}`", "", f"*{summary(module)}* (`{module.__name__}`)", "", rest.strip(), "",
+             f"Diagram: [`{name}.svg`]({name}.svg), drawn by graphviz from [`{name}.dot`]({name}.dot).", "",
              "## States", ""]
     used = {state for state, _ in table} | {row.next for row in table.values()}
     for state in states:

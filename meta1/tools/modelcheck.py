@@ -15,7 +15,8 @@ Responsibilities
 What a model is (plain Python, no imports from meta1 needed)
     A module in ``spec/models/`` that defines ``MODEL``, an object with:
 
-    * ``name`` and ``description``;
+    * ``name`` and ``description`` (one sentence: what the model promises; the spec's
+      index lists it);
     * ``initial()`` — the initial states (hashable values: tuples, frozensets, named
       tuples or frozen dataclasses);
     * ``actions(state)`` — the enabled transitions, as ``(label, next_state)`` pairs;

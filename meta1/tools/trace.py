@@ -1,4 +1,5 @@
-"""``meta1 trace ID``: the life of one message across the daemons, read from the logs.
+"""``meta1 trace ID``: the life of one message across the daemons, read from the logs,
+and its path through the state machines when the daemons record their transitions.
 
     meta1 trace [-f FILE] [--log PATH ...] ID
 
@@ -12,22 +13,41 @@ Responsibilities
     each with the stage it shows — connected, MAIL, accepted, queued, scheduled, attempt,
     reply, delivered, deferred, bounced, DSN, done — and a summary line.
 
+    When the configuration sets ``trace_file`` (every daemon appends each state-machine
+    transition to it as a JSON line, :mod:`meta1.tools.tracecheck`), print next the
+    transitions of the machine instances that belong to the message: the smtps session
+    that brought it (and its policy checks), each recipient in qmgr's scheduler, smtpc's
+    address plan for each delivery, and the same for its DSNs — the message's path
+    through the tables of ``spec/machines``, one row per line.
+
 Strategy
-    Pure functions over lines (:func:`trace`), the file reading in :func:`main`. Every
-    daemon writes ``TIME daemon[pid]: message`` with the ids first in the message
-    (D-LOG-1), so a line belongs to an id when the id appears in it as a word. Lines of
-    other formats (tracebacks, a sink's output) are skipped. Two passes: the first
-    collects the ids that belong to the message (its session, its DSNs), the second picks
-    the lines.
+    Pure functions over lines (:func:`trace`, :func:`transitions`), the file reading in
+    :func:`main`. Every daemon writes ``TIME daemon[pid]: message`` with the ids first in
+    the message (D-LOG-1), so a line belongs to an id when the id appears in it as a word.
+    Lines of other formats (tracebacks, a sink's output) are skipped. Two passes: the
+    first collects the ids that belong to the message (its session, its DSNs), the second
+    picks the lines.
+
+    A transition belongs to the message when its instance id is one of those ids, or a
+    recipient id of one (``ID-NNNN``) — the ids the records carry, nothing guessed.
+    Machines whose instances are not the message's are left out: an smtpc connection
+    (``address:port/N``) may carry several messages, a DNS question (``smar-exchange``)
+    serves every message for that domain, and a greylisting triplet outlives them.
+    Transitions are shown in the order of the file: each is one ``write(2)`` to a file
+    opened with O_APPEND, so that is the order they happened in across the daemons,
+    whose ``time`` fields come from different clocks.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from dataclasses import dataclass
 from typing import Iterable
+
+from meta1.tools.tracecheck import RCPT_ID
 
 LINE = re.compile(r"^(?P<time>\d{4}-\d\d-\d\dT[\d:.]+Z) (?P<daemon>[\w.]+)\[(?P<pid>\d+)\]: (?P<text>.*)$")
 SESSION_OF = re.compile(r"^(S[0-9A-F]{18}): ta=(S[0-9A-F]{18}) ")
@@ -93,7 +113,10 @@ def related_ids(lines: list[tuple[str, str, str]], queue_id: str) -> set[str]:
 def trace(lines: Iterable[str], queue_id: str) -> list[Event]:
     """The events about ``queue_id`` (see the module docstring), in time order."""
     parsed = _parsed(lines)
-    wanted = related_ids(parsed, queue_id)
+    return _events(parsed, related_ids(parsed, queue_id))
+
+
+def _events(parsed: list[tuple[str, str, str]], wanted: set[str]) -> list[Event]:
     events = []
     for time, daemon, text in parsed:
         ids = set(ID.findall(text))
@@ -122,22 +145,70 @@ def format_events(events: list[Event], queue_id: str) -> str:
     return "\n".join(rows + [summary(events, queue_id)]) + "\n"
 
 
-def main(queue_id: str, paths: list[str]) -> int:
+# -- the machine transitions (trace_file) ---------------------------------------------------------
+
+def _belongs(instance: str, wanted: set[str]) -> bool:
+    recipient = RCPT_ID.fullmatch(instance)
+    return instance in wanted or (recipient is not None and recipient[1] in wanted)
+
+
+def transitions(records: Iterable[str], wanted: set[str]) -> list[dict]:
+    """The trace records (NDJSON lines) of the machine instances named by ``wanted`` ids,
+    in file order; lines that are no record are skipped (tracecheck reports them)."""
+    found = []
+    for line in records:
+        try:
+            record = json.loads(line)
+            belongs = _belongs(str(record["id"]), wanted)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if belongs:
+            found.append(record)
+    return found
+
+
+def format_transitions(found: list[dict], source: str) -> str:
+    if not found:
+        return f"no machine transition in {source} names it\n"
+    instances = {(r.get("machine"), str(r["id"])) for r in found}
+    rows = [f"{r.get('daemon', ''):<6} {r.get('machine', ''):<15} {str(r['id']):<24} "
+            f"{r.get('old')} --{r.get('input')}--> {r.get('new')}" for r in found]
+    head = f"machine transitions from {source}, in the order they happened:"
+    return "\n".join([head, *rows, f"{len(found)} transitions of {len(instances)} machine instances"]) + "\n"
+
+
+def _read_lines(path: str) -> list[str]:
+    if path == "-":
+        return sys.stdin.read().splitlines()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read().splitlines()
+
+
+def main(queue_id: str, paths: list[str], trace_file: str | None = None) -> int:
+    """Print the story of ``queue_id`` from the logs at ``paths``, then, with
+    ``trace_file``, its transitions; 0 when something names it."""
     lines: list[str] = []
     for path in paths:
         try:
-            if path == "-":
-                lines += sys.stdin.read().splitlines()
-            else:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    lines += f.read().splitlines()
+            lines += _read_lines(path)
         except OSError as error:
             print(f"meta1 trace: {path}: {error.strerror}", file=sys.stderr)
             return 1
     queue_id = queue_id.upper()
-    events = trace(lines, queue_id)
+    parsed = _parsed(lines)
+    wanted = related_ids(parsed, queue_id)
+    events = _events(parsed, wanted)
     sys.stdout.write(format_events(events, queue_id))
-    return 0 if events else 1
+    found: list[dict] = []
+    if trace_file is not None:
+        try:
+            with open(trace_file, encoding="utf-8", errors="replace") as records:   # streamed: it only grows
+                found = transitions(records, wanted)
+        except OSError as error:     # the log story stands on its own
+            print(f"meta1 trace: {trace_file}: {error.strerror}", file=sys.stderr)
+        else:
+            sys.stdout.write("\n" + format_transitions(found, trace_file))
+    return 0 if events or found else 1
 
 
 def arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,17 +32,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-#: Machine name → the module holding its State, Input and TABLE (as specgen renders them).
-MACHINES = {
-    "smtps-session": "meta1.smtps.states",
-    "smtpc-session": "meta1.smtpc.states",
-    "smtpc-plan": "meta1.smtpc.plan",
-    "smar-exchange": "meta1.smar.states",
-    "qmgr-recipient": "meta1.qmgr.states",
-    "mcp-service": "meta1.mcp.states",
-    "lmtpd-session": "meta1.lmtpd.states",
-    "sockmap-connection": "meta1.maps.states",
-}
+from meta1.tools.machinespec import MACHINES
+
 TA_ID = re.compile(r"S[0-9A-F]{18}")
 RCPT_ID = re.compile(r"(S[0-9A-F]{18})-[0-9A-F]{4}")
 

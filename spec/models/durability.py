@@ -69,7 +69,7 @@ def _persist(value: str) -> str:
 
 class Durability:
     name = "durability"
-    description = __doc__.split("\n")[0]
+    description = " ".join(__doc__.split("\n\n")[0].split())   # the first paragraph: the promise
 
     def __init__(self, ack_needs_flush: bool = True, flush_content: bool = True):
         self.ack_needs_flush = ack_needs_flush

@@ -9,6 +9,9 @@ is skipped: the next preference is used instead of waiting, B59). Each address t
 refuse the connection, greet with 4xx (move on), greet with 5xx (stop: bounce) or take
 the message.
 
+``tests/test_smtpc_plan.py`` checks that qmgr's address plan and smtpc's walk refine this
+model.
+
 Invariants
     * once-per-attempt — no address is tried twice;
     * preference-order — an address is tried only when every address of a better
@@ -39,7 +42,7 @@ class State(NamedTuple):
 
 class MxFallback:
     name = "mxfallback"
-    description = __doc__.split("\n")[0]
+    description = " ".join(__doc__.split("\n\n")[0].split())   # the first paragraph: the promise
 
     def __init__(self, retry_refused: bool = False):
         self.retry_refused = retry_refused

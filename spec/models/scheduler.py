@@ -5,8 +5,14 @@ An abstraction of qmgr's scheduler (:mod:`meta1.qmgr.scheduler`, spec/scheduler.
 two destinations, each with a connection limit of 1; an active queue (AQ) of at most
 ``AQ_MAX`` recipients; recipients arrive for either destination (at most ``ARRIVALS``);
 a recipient in the AQ is dispatched when its destination has a free connection; a
-delivery ends delivered or deferred; a deferred recipient waits for the clock, then
-competes for the AQ again — alternately with new arrivals (fairness, D-SCHED).
+delivery ends delivered or deferred — or finds its destination unreachable (no
+address answered a fresh connection), and then every recipient waiting in the AQ for
+that destination is deferred with it (the destination status cache, D-SCHED-6); a deferred recipient waits for the clock, then
+competes for the AQ again — alternately with new arrivals (fairness, D-SCHED). New
+recipients enter the AQ in arrival order; which due one goes first is the retry
+index's business (earliest next try), which the model leaves open: any of them.
+
+``tests/test_qmgr_scheduler_model.py`` checks that the real scheduler refines this model.
 
 Invariants
     * limits — never more deliveries to a destination than its limit;
@@ -42,7 +48,7 @@ class State(NamedTuple):
 
 class Scheduler:
     name = "scheduler"
-    description = __doc__.split("\n")[0]
+    description = " ".join(__doc__.split("\n\n")[0].split())   # the first paragraph: the promise
 
     def __init__(self, readmit: bool = True):
         self.readmit = readmit
@@ -68,9 +74,13 @@ class Scheduler:
         incoming = [i for i, r in enumerate(state.recipients) if r.state == "incoming"]
         due = [i for i, r in enumerate(state.recipients) if r.state == "due"] if self.readmit else []
         if in_aq < AQ_MAX and (incoming or due):
-            take_incoming = bool(incoming) and (state.incoming_turn or not due)
-            index = (incoming if take_incoming else due)[0]
-            yield "admit to the AQ", self._with(state, index, "active-queue", incoming_turn=not take_incoming)
+            if incoming and (state.incoming_turn or not due):
+                yield f"admit #{incoming[0]} to the AQ", self._with(state, incoming[0], "active-queue",
+                                                                    incoming_turn=False)
+            else:
+                for index in due:
+                    yield f"admit #{index} (due) to the AQ", self._with(state, index, "active-queue",
+                                                                        incoming_turn=True)
         for i, r in enumerate(state.recipients):
             busy = sum(o.state == "delivering" and o.destination == r.destination for o in state.recipients)
             if r.state == "active-queue" and busy < LIMIT:
@@ -78,8 +88,18 @@ class Scheduler:
             if r.state == "delivering":
                 yield f"#{i} delivered", self._with(state, i, "delivered")
                 yield f"#{i} deferred", self._with(state, i, "deferred")
+                yield f"#{i}: {r.destination} unreachable", self._unreachable(state, i)
             if r.state == "deferred":
                 yield f"clock: #{i} due", self._with(state, i, "due")
+
+    def _unreachable(self, state: State, index: int) -> State:
+        """``index``'s delivery reached no address: it and every recipient waiting in the AQ
+        for the same destination are deferred at once (D-SCHED-6)."""
+        destination = state.recipients[index].destination
+        for i, r in enumerate(state.recipients):
+            if i == index or (r.state == "active-queue" and r.destination == destination):
+                state = self._with(state, i, "deferred")
+        return state
 
     @staticmethod
     def limits(state: State) -> bool:

@@ -8,6 +8,7 @@ counted death makes it wait for a restart — and its ``restart_dependencies`` w
 and the ``LIMIT``-th counted death fails it for good. A failed service blocks its dependents, transitively: they are stopped and
 stay down. Time is abstract: a waiting service may be restarted at any step (the pause
 has passed); deaths are not forgotten (the worst case of ``restart_period``).
+``tests/test_mcp_supervisor.py`` checks that the real supervisor refines this model.
 
 Invariants
     * failed-blocks-dependents — no dependent (transitively) of a failed service runs or
@@ -55,7 +56,7 @@ def _closure(name: str) -> set[str]:
 
 class Supervisor:
     name = "supervisor"
-    description = __doc__.split("\n")[0]
+    description = " ".join(__doc__.split("\n\n")[0].split())   # the first paragraph: the promise
 
     def __init__(self, blocks: bool = True):
         self.blocks = blocks
