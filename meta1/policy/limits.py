@@ -61,6 +61,16 @@ class Limits:
         return bool(self.failure)
 
 
+def address_key(address: str) -> str | None:
+    """The canonical form limits are counted and cached under: the address's most specific
+    IP key (``2001:db8:0:0:0:0:0:1``; an IPv4-mapped address as IPv4); None for what is
+    not an IP address (a client on a UNIX socket has no limits)."""
+    try:
+        return ip_keys(address)[0]
+    except ValueError:
+        return None
+
+
 def limits_steps(map_name: str | None, address: str, tags: tuple[str, ...] = TAGS) -> Steps[Limits]:
     """Look up each of ``tags`` for ``address`` in qmgr's configuration map."""
     values: dict[str, int | None] = {}
