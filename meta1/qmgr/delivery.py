@@ -37,6 +37,13 @@ Remote-MTA
     (the host of the ``Target`` smtpc reached), kept in DEFEDB with the reply, and named in
     the DSN's Remote-MTA field (RFC 3464 §2.3.5: MUST for an attempt over SMTP).
 
+Connection limits (spec/policy.md "Connection limits")
+    With ``qmgr { config_map }`` (:mod:`meta1.qmgr.limits`): a route from smar reaches the
+    scheduler only once its addresses' ``oci:``/``ocm:``/``oct:`` are known (a failed
+    lookup defers its recipients, 451 4.3.0), the scheduler reads ``oci:``/``ocm:`` per
+    address, and each ``Target`` carries ``oct:`` to smtpc. smtps' connect checks are
+    admitted first (``icm:``/``icr:``, :mod:`meta1.qmgr.admission`) by :class:`PolicyRelay`.
+
 Peers
     smar: qmgr connects (``smar/smarqmgr``, LinkClient, D-DLV-1). Route requests made
     while smar is away wait and are sent when it is back; those in flight when the link
