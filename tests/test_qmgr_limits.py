@@ -166,48 +166,28 @@ def test_a_map_that_answers_at_once_makes_a_route_ready_at_once() -> None:
 
 def test_counts_open_sessions_and_admissions_within_the_window() -> None:
     counts = ConnectionCounts(window=60)
-    counts.opened("smtps-a", "S1", "192.0.2.1", now=0)
-    counts.opened("smtps-b", "S2", "192.0.2.1", now=10)
-    counts.opened("smtps-b", "S3", "2001:db8::1", now=10)
+    counts.opened("192.0.2.1", now=0)
+    counts.opened("192.0.2.1", now=10)
+    counts.opened("2001:db8::1", now=10)
     assert counts.counts("192.0.2.1", now=30) == (2, 2)
     assert counts.counts("2001:db8:0:0:0:0:0:1", now=30) == (1, 1)     # one address, two spellings
-    assert counts.closed("smtps-a", "S1") and not counts.closed("smtps-a", "S1")
-    assert counts.counts("192.0.2.1", now=60) == (1, 1)                 # S1's admission is a minute old
-    assert counts.owner_lost("smtps-b") == 2
+    counts.closed("192.0.2.1")
+    assert counts.counts("192.0.2.1", now=60) == (1, 1)                 # the first admission is a minute old
+    counts.closed("192.0.2.1")
     assert counts.counts("192.0.2.1", now=69) == (0, 1)
     assert counts.counts("192.0.2.1", now=70) == (0, 0)
     counts.check_invariants()
-    assert counts.open == {} and counts.sessions == {}
+    assert counts.open == {"2001:db8:0:0:0:0:0:1": 1} and "192.0.2.1" not in counts.admitted
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["open", "close", "lost", "tick"]), st.integers(0, 2),
-                          st.integers(0, 5), st.sampled_from(["192.0.2.1", "192.0.2.2", "2001:db8::1"])),
-                max_size=60))
-def test_counts_follow_a_model_of_sessions(steps) -> None:
+def test_stale_admission_times_are_swept_when_the_table_has_doubled() -> None:
     counts = ConnectionCounts(window=60)
-    model: dict[tuple[int, int], str] = {}           # (owner, session) -> address
-    admitted: list[tuple[float, str]] = []
-    now = 0.0
-    for op, owner, session, address in steps:
-        key = address if ":" not in address else "2001:db8:0:0:0:0:0:1"
-        if op == "open" and (owner, session) not in model:
-            counts.opened(owner, f"S{session}", address, now)
-            model[(owner, session)] = key
-            admitted.append((now, key))
-        elif op == "close":
-            assert counts.closed(owner, f"S{session}") == ((owner, session) in model)
-            model.pop((owner, session), None)
-        elif op == "lost":
-            assert counts.owner_lost(owner) == sum(1 for o, _ in model if o == owner)
-            model = {k: v for k, v in model.items() if k[0] != owner}
-        else:
-            now += 25
-        counts.check_invariants()
-        for where in ("192.0.2.1", "192.0.2.2", "2001:db8:0:0:0:0:0:1"):
-            open_now = sum(1 for v in model.values() if v == where)
-            recent = sum(1 for t, v in admitted if v == where and t > now - 60)
-            assert counts.counts(where, now) == (open_now, recent)
+    for n in range(1100):
+        counts.opened(f"10.0.{n // 256}.{n % 256}", now=0)
+        counts.closed(f"10.0.{n // 256}.{n % 256}")
+    for n in range(1000):
+        counts.opened(f"10.9.{n // 256}.{n % 256}", now=60)
+    assert not any(key.startswith("10.0.") for key in counts.admitted)
 
 
 # -- Admission --------------------------------------------------------------------------------
@@ -229,8 +209,8 @@ def test_the_third_concurrent_session_is_refused_and_an_ended_one_frees_its_slot
     gate.admit("link", "S4", "192.0.2.5", decided.append)
     assert decided[3] is None
     gate.owner_lost("link")
-    gate.counts.check_invariants()
-    assert gate.counts.open == {}
+    gate.check_invariants()
+    assert gate.counts.open == {} and gate.sessions == {}
 
 
 def test_icr_counts_admitted_sessions_in_the_last_minute() -> None:
@@ -259,6 +239,72 @@ def test_a_session_that_ends_before_its_decision_is_never_counted() -> None:
     slow.answer_all({"icm:192.0.2.5": found("1")})
     assert decided == [None]                             # S2 only, and it is the one counted
     assert gate.counts.counts("192.0.2.5", 0) == (1, 1)
+
+
+def test_a_repeated_connect_check_is_refused_and_takes_no_second_slot() -> None:
+    slow = LaterMap()
+    gate = admission(MapDriver({"conf": slow}))
+    decided: list = []
+    gate.admit("link", "S1", "192.0.2.5", decided.append)
+    gate.admit("link", "S1", "192.0.2.5", decided.append)       # while the first is pending
+    slow.answer_all({})
+    gate.admit("link", "S1", "192.0.2.5", decided.append)       # and once it is counted
+    assert [d if d is None else d.status for d in decided] == ["4.3.0", None, "4.3.0"]
+    assert gate.counts.counts("192.0.2.5", 0) == (1, 1)
+
+
+ADDRESSES = ("192.0.2.1", "192.0.2.2", "2001:db8::1")
+LIMITS = {"192.0.2.1": (2, None), "192.0.2.2": (None, 3), "2001:db8::1": (1, 2)}     # (icm, icr)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["connect", "end", "lost", "tick"]), st.integers(0, 2),
+                          st.integers(0, 5), st.sampled_from(ADDRESSES)), max_size=60))
+def test_admission_follows_a_model_of_sessions_and_limits(steps) -> None:
+    clock = Clock(0)
+    gate = admission(inline("icm:192.0.2.1 2", "icr:192.0.2.2 3", "icm:2001:db8: 1", "icr:2001:db8: 2"), clock)
+    counted: dict[tuple[int, str], str] = {}          # (owner, session) -> address
+    admitted: list[tuple[float, str]] = []
+    for op, owner, session, address in steps:
+        sid = f"S{session}"
+        if op == "connect":
+            icm, icr = LIMITS[address]
+            open_now = sum(1 for a in counted.values() if a == address)
+            recent = sum(1 for t, a in admitted if a == address and t > clock.now - 60)
+            expected = (icm is None or open_now < icm) and (icr is None or recent < icr)
+            decided: list = []
+            gate.admit(owner, sid, address, decided.append)
+            if (owner, sid) in counted:
+                assert decided[0].status == "4.3.0"                       # a repeat
+            elif expected:
+                assert decided == [None]
+                counted[(owner, sid)] = address
+                admitted.append((clock.now, address))
+            else:
+                assert decided[0].status == "4.7.0"
+        elif op == "end":
+            gate.ended(owner, sid)
+            counted.pop((owner, sid), None)
+        elif op == "lost":
+            gate.owner_lost(owner)
+            counted = {k: a for k, a in counted.items() if k[0] != owner}
+        else:
+            clock.now += 25
+        gate.check_invariants()
+
+
+def test_each_change_of_an_admission_is_traced() -> None:
+    records: list[dict] = []
+    clock = Clock(5)
+    gate = Admission(incoming(inline("icm:192.0.2.5 1"), clock), ConnectionCounts(), clock, trace=records.append)
+    gate.admit("link", "S1", "192.0.2.5", lambda reply: None)
+    gate.admit("link", "S2", "192.0.2.5", lambda reply: None)
+    gate.ended("link", "S1")
+    assert [(r["id"], r["old"], r["input"], r["new"]) for r in records] == [
+        ("S1", "NEW", "CONNECT", "DECIDING"), ("S1", "DECIDING", "ADMIT", "COUNTED"),
+        ("S2", "NEW", "CONNECT", "DECIDING"), ("S2", "DECIDING", "REFUSE", "DONE"),
+        ("S1", "COUNTED", "END", "DONE")]
+    assert {(r["machine"], r["daemon"], r["time"]) for r in records} == {("qmgr-admission", "qmgr", 5)}
 
 
 def test_a_failed_lookup_refuses_for_now() -> None:

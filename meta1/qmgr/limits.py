@@ -215,7 +215,7 @@ class ConfigMap:
             LimitsLookup(self.driver, map_name, OUTGOING_APPLIED, clock=loop.time, keep=ROUTE_KEEP),
             smtpc.initial_connections, smtpc.max_connections)
         self.admission = Admission(LimitsLookup(self.driver, map_name, INCOMING, clock=loop.time),
-                                   ConnectionCounts(), loop.time, hostname)
+                                   ConnectionCounts(), loop.time, hostname, trace=trace)
 
     def start(self) -> None:
         self.driver.start()

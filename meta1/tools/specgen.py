@@ -135,6 +135,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "spec/machines/sockmap-connection.dot": _machine("meta1.maps.states", "sockmap-connection", "dot"),
     "spec/machines/qmgr-recipient.md": _machine("meta1.qmgr.states", "qmgr-recipient", "md"),
     "spec/machines/qmgr-recipient.dot": _machine("meta1.qmgr.states", "qmgr-recipient", "dot"),
+    "spec/machines/qmgr-admission.md": _machine("meta1.qmgr.admission", "qmgr-admission", "md"),
+    "spec/machines/qmgr-admission.dot": _machine("meta1.qmgr.admission", "qmgr-admission", "dot"),
     "spec/machines/mcp-service.md": _machine("meta1.mcp.states", "mcp-service", "md"),
     "spec/machines/mcp-service.dot": _machine("meta1.mcp.states", "mcp-service", "dot"),
     "spec/machines/lmtpd-session.md": _machine("meta1.lmtpd.states", "lmtpd-session", "md"),

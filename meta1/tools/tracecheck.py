@@ -39,6 +39,7 @@ MACHINES = {
     "smtpc-plan": "meta1.smtpc.plan",
     "smar-exchange": "meta1.smar.states",
     "qmgr-recipient": "meta1.qmgr.states",
+    "qmgr-admission": "meta1.qmgr.admission",
     "mcp-service": "meta1.mcp.states",
     "lmtpd-session": "meta1.lmtpd.states",
     "sockmap-connection": "meta1.maps.states",
