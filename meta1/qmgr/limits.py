@@ -167,8 +167,10 @@ class OutgoingLimits:
                 finished = True
                 done(f"configuration map: {failures[0]}" if failures else None)
 
-        for address in dict.fromkeys(addresses):
-            outstanding.add(address)
+        outstanding.update(addresses)
+        if not outstanding:            # nothing to wait for (the scheduler fails such a route)
+            done(None)
+            return
         for address in list(outstanding):
             limits = self.lookup.get(address, lambda found, address=address: answered(address, found))
             if limits is not None:
