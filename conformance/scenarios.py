@@ -29,8 +29,10 @@ requests the step made, in order::
 
     connect = "10.1.2.3"    name = "host.example"  resolve = "forged"
                             dnsbl = { zen = ["127.0.0.2"] }   # or "nxdomain", "timeout"
-                            open = 2  recent = 0              # icm:/icr: admission
+                            open = 2  recent = 0              # icm:/icr: admission, counts given
+                            session = "a"  now = 30           # or counted by qmgr's Admission
                             expect = "220"  (greet as usual) or the refusal
+    end = "a"               the session counted as "a" is over (its slot is free)
     auth = true | tls = true
     mail = "<a@b.example>"  rcpt = "<x@y.example>"  now = 1000 (greylisting clock)
                             routes = ["esmtp:y.example x@y.example"]  discard = true
@@ -62,6 +64,8 @@ from meta1.policy.plan import Plan
 from meta1.policy.route import route_steps
 from meta1.policy.session import SessionChecks
 from meta1.policy.settings import PolicySettings
+from meta1.qmgr.admission import Admission, ConnectionCounts
+from meta1.qmgr.limits import LimitsLookup
 from meta1.smtp.address import AddressError, parse_forward_path, parse_reverse_path
 from meta1.smtp.replies import Reply
 
@@ -102,10 +106,11 @@ class Maps:
             return NOT_FOUND
         return self.tables.get(name, {}).get(key, NOT_FOUND)
 
-    def run(self, plan: Plan):
+    def run(self, plan: Plan, on_done=None):
+        """Run ``plan`` to its end (also a map driver's ``run``: done within the call)."""
         while (request := plan.next_lookup()) is not None:
             plan.lookup_result(self.lookup(request))
-        return plan.result
+        return plan.result if on_done is None else True
 
 
 def matches(reply: Reply | None, expect: str) -> bool:
@@ -140,6 +145,12 @@ class Scenario:
                          self.data.get("sequences", {}))
         self.grey = MemoryStore()
         self.session: SessionChecks | None = None
+        self.now = 0.0
+        self.admission = Admission(LimitsLookup(self.maps, self.settings.config_map, INCOMING, clock=self._clock),
+                                   ConnectionCounts(), self._clock, self.hostname)
+
+    def _clock(self) -> float:
+        return self.now
 
     @property
     def title(self) -> str:
@@ -192,9 +203,18 @@ class Scenario:
             result = self.maps.run(Plan(steps))
             return None, {"text": result.text, "none": result.text is None and not result.failed,
                           "failed": result.failed}
+        if "end" in step:
+            self.admission.ended(self.path.name, step["end"])
+            return None, {}
         if "connect" in step:
             client = step["connect"]
-            if "open" in step or "recent" in step:
+            if "session" in step:
+                self.now = float(step.get("now", self.now))
+                decided: list[Reply | None] = []
+                self.admission.admit(self.path.name, step["session"], client, decided.append)
+                if decided[0] is not None:
+                    return decided[0], {}
+            elif "open" in step or "recent" in step:
                 limits = self.maps.run(checks.limits_plan(s, client, INCOMING))
                 refusal = admit_connection(limits, client, open_now=step.get("open", 0),
                                            recent=step.get("recent", 0), hostname=self.hostname)

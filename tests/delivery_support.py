@@ -16,7 +16,9 @@ Responsibilities
       chosen free on both. Everything it started is stopped by pid at the end.
     * :class:`ScriptedPeer` — a small threaded SMTP server for what smtp-sink cannot do:
       a reply per recipient (the local part says which: ``r550-x@…`` gets 550), a chosen
-      EHLO extension list, and a count of connections (null MX: "the peer sees nothing").
+      EHLO extension list, a count of connections (null MX: "the peer sees nothing") and
+      of those open at once (``open_now``, ``max_open``: connection limits), and a
+      ``hold`` gate the reply to the end of data waits for (sessions pile up meanwhile).
       It never pipelines its replies and answers one command at a time.
     * :func:`start_sink` — Postfix's ``smtp-sink`` on a chosen address and port, with its
       fault-injection options; its dumps (``-d``) are read as they complete.
@@ -165,6 +167,9 @@ class ScriptedPeer:
     connections: int = 0
     transactions: list[Transaction] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    hold: threading.Event | None = None   # set: the end of data is answered
+    open_now: int = 0
+    max_open: int = 0
 
     def start(self) -> "ScriptedPeer":
         peer = self
@@ -175,10 +180,15 @@ class ScriptedPeer:
             def handle(self) -> None:
                 with peer._lock:
                     peer.connections += 1
+                    peer.open_now += 1
+                    peer.max_open = max(peer.max_open, peer.open_now)
                 try:
                     peer._session(self.rfile, self.wfile, self.client_address[0])
                 except (OSError, ValueError):
                     pass
+                finally:
+                    with peer._lock:
+                        peer.open_now -= 1
 
         class Server(socketserver.ThreadingTCPServer):
             address_family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -233,6 +243,8 @@ class ScriptedPeer:
                 content = bytearray()
                 while (data := rfile.readline(1 << 20)) not in (b".\r\n", b""):
                     content += data[1:] if data.startswith(b".") else data
+                if self.hold is not None:
+                    self.hold.wait(WAIT)
                 with self._lock:
                     self.transactions.append(Transaction(client, mail or "", list(rcpts), bytes(content)))
                 mail, rcpts = None, []

@@ -102,3 +102,25 @@ def test_no_reachable_address_is_a_temporary_result(smtpc) -> None:
     assert (recipient.code // 100, recipient.status[:2]) == (4, "4.")
     assert result.tried == ("127.0.0.1",)
     assert (result.address, result.kept_open) == ("", False)
+
+
+def test_a_targets_connect_timeout_bounds_its_connect_oct(tmp_path, monkeypatch) -> None:
+    """``Target.connect_timeout`` (qmgr's ``oct:`` for the address) is the connect's timeout;
+    0 leaves smtpc's IO_timeout."""
+    import random
+    from types import SimpleNamespace
+
+    from meta1.smtpc import daemon
+
+    layout = QueueLayout(tmp_path / "queue")
+    layout.ensure()
+    connects: list[tuple[str, float]] = []
+    monkeypatch.setattr(daemon, "connect_stream",
+                        lambda loop, address, port, timeout, callback: connects.append((address, timeout)))
+    client = SimpleNamespace(rng=random.Random(1), trace=None, loop=None, io_timeout=300.0,
+                             take_idle=lambda key: None)
+    transaction = store(layout, 4, content=CONTENT)
+    for address, timeout in (("192.0.2.1", 7), ("192.0.2.2", 0)):
+        delivery = Delivery(10, transaction, (Target("mx.example.test", address, 25, 0, timeout),), False, False)
+        daemon.DeliveryAttempt(client, delivery).start()
+    assert connects == [("192.0.2.1", 7), ("192.0.2.2", 300.0)]

@@ -202,12 +202,15 @@ class RouteResult:
 
 @record(40)
 class Target:
-    """One address smtpc may connect to for a delivery, in the order to try."""
+    """One address smtpc may connect to for a delivery, in the order to try;
+    ``connect_timeout``: seconds for the connect (qmgr's ``oct:`` for the address), 0 for
+    smtpc's ``IO_timeout``."""
 
     host: str
     address: str
     port: int
     preference: int
+    connect_timeout: int = 0
 
 
 @record(41)

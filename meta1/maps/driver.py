@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from meta1.eventloop.loop import EventLoop
@@ -242,9 +242,10 @@ class BlockingDriver:
 
 
 def open_maps(config: Any, loop: EventLoop | None = None, *, base: str | None = None, strict: bool = True,
-              trace: TraceSink | None = None) -> dict[str, Map]:
+              trace: TraceSink | None = None, names: Iterable[str] | None = None) -> dict[str, Map]:
     """A map object for every map declared in ``config`` (a loaded configuration, or its
-    ``smar`` section), by name.
+    ``smar`` section), by name; with ``names``, only those maps and the members of the
+    sequences among them (qmgr opens its ``config_map`` alone).
 
     Relative file and socket paths are taken relative to ``base`` (default: the
     configuration's ``queue_directory``, the daemons' working directory). Socket maps
@@ -302,7 +303,7 @@ def open_maps(config: Any, loop: EventLoop | None = None, *, base: str | None = 
         built[name] = map_
         return map_
 
-    for name in nodes:
+    for name in nodes if names is None else names:
         build(name)
     if problems:
         if strict:

@@ -5,7 +5,9 @@ Responsibilities
     (README 3.8.1, reference §2.3; IPv6 keys B70). :func:`limits_steps` looks them up
     (IP keys, most specific first: ``icm:10.1.2.3``, ``icm:10.1.2.``, …, ``icm:10.``) and
     :func:`admit_connection` decides whether a new incoming connection may proceed, with
-    the counts passed in (B56). Pure: who counts connections is the caller (smtps/qmgr).
+    the counts passed in (B56). Pure: qmgr looks the limits up over its own map
+    (:mod:`meta1.qmgr.limits`) and counts the sessions of every smtps process
+    (:mod:`meta1.qmgr.admission`); :func:`address_key` is the form both key them by.
 
 The tags (meanings of ocr and oct are meta1's, D-POL-16)
     ``icm:`` incoming connections from the address at most, concurrently;
@@ -13,7 +15,8 @@ The tags (meanings of ocr and oct are meta1's, D-POL-16)
     ``oci:`` outgoing connections to the address at first (slow start, qmgr's
     ``smtpc { initial_connections }`` for this address);
     ``ocm:`` outgoing connections to the address at most (``max_connections``);
-    ``ocr:`` new outgoing connections to the address at most per 60 seconds;
+    ``ocr:`` new outgoing connections to the address at most per 60 seconds (not applied
+    yet: spec/policy.md D-POL-24);
     ``oct:`` seconds smtpc waits for a connection to the address to be established.
 
     A value is a decimal number; ``0`` means no limit (as sendmail's ClientConn). The entry
@@ -59,6 +62,16 @@ class Limits:
     @property
     def failed(self) -> bool:
         return bool(self.failure)
+
+
+def address_key(address: str) -> str | None:
+    """The canonical form limits are counted and cached under: the address's most specific
+    IP key (``2001:db8:0:0:0:0:0:1``; an IPv4-mapped address as IPv4); None for what is
+    not an IP address (a client on a UNIX socket has no limits)."""
+    try:
+        return ip_keys(address)[0]
+    except ValueError:
+        return None
 
 
 def limits_steps(map_name: str | None, address: str, tags: tuple[str, ...] = TAGS) -> Steps[Limits]:

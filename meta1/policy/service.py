@@ -15,8 +15,8 @@ Responsibilities
 
     smar runs it with its maps (:class:`~meta1.maps.driver.MapDriver`), its resolver and a
     SQLite greylist store. smtps runs it itself, with :class:`NoMaps` and no DNS, when the
-    configuration gives smar nothing to look up for sessions (``asks_smar`` in
-    :mod:`meta1.smtps.policy`): the relay rule and local domains still apply.
+    configuration gives smar nothing to look up for sessions (:func:`asks_smar`): the
+    relay rule and local domains still apply.
 
 Outcomes
     ``"ok"``, ``"refused"`` (the reply is a 4xx/5xx; at connect a 554 — then only QUIT),
@@ -86,6 +86,25 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+#: The smar sections that make a session's checks smar's business.
+POLICY_SECTIONS = ("access_map", "local_user_map", "aliases", "mailertable", "greylisting")
+
+
+def asks_smar(config) -> bool:
+    """Whether the configuration gives smar something to check for sessions (else smtps
+    runs the checks itself, without maps)."""
+    smar = config.smar
+    return any(smar.sections.get(name) is not None for name in POLICY_SECTIONS) or bool(smar.dnsbl)
+
+
+def qmgr_admits(config) -> bool:
+    """Whether qmgr admits each new session: its configuration map may limit the
+    connections per client (``icm:``, ``icr:``; :mod:`meta1.qmgr.admission`). Then every
+    session's connect check goes to qmgr, and its end too, even when smtps decides the
+    rest itself."""
+    return isinstance(config.qmgr.config_map, str)
 
 
 def reply_line(reply: Reply) -> str:
@@ -282,4 +301,5 @@ def verdict_address(result) -> str:
     return getattr(result, "address", "")
 
 
-__all__ = ["Question", "PolicyService", "NoMaps", "reply_line", "is_loopback", "NO_ENTRY"]
+__all__ = ["Question", "PolicyService", "NoMaps", "reply_line", "is_loopback", "asks_smar", "qmgr_admits",
+           "NO_ENTRY"]

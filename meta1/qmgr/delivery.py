@@ -45,6 +45,13 @@ Remote-MTA
     (the host of the ``Target`` smtpc reached), kept in DEFEDB with the reply, and named in
     the DSN's Remote-MTA field (RFC 3464 §2.3.5: MUST for an attempt over SMTP).
 
+Connection limits (spec/policy.md "Connection limits")
+    With ``qmgr { config_map }`` (:mod:`meta1.qmgr.limits`): a route from smar reaches the
+    scheduler only once its addresses' ``oci:``/``ocm:``/``oct:`` are known (a failed
+    lookup defers its recipients, 451 4.3.0), the scheduler reads ``oci:``/``ocm:`` per
+    address, and each ``Target`` carries ``oct:`` to smtpc. smtps' connect checks are
+    admitted first (``icm:``/``icr:``, :mod:`meta1.qmgr.admission`) by :class:`PolicyRelay`.
+
 Peers
     smar: qmgr connects (``smar/smarqmgr``, LinkClient, D-DLV-1). Route requests made
     while smar is away wait and are sent when it is back; those in flight when the link
@@ -68,6 +75,8 @@ from meta1.ids import IdGenerator
 from meta1.ipc.records import (Delivery, DeliveryResult, IdleClosed, PolicyVerdict, RecipientsDone, Recipient,
                                RouteRequest, RouteResult, Target, Transaction)
 from meta1.policy.route import ERROR_NEXTHOP, LMTP_NEXTHOP
+from meta1.policy.service import asks_smar
+from meta1.qmgr.limits import open_config_map
 from meta1.qmgr.policy import PolicyRelay
 from meta1.qmgr.dsn import Action, MessageKind, NoDsn, Original, RecipientReport, build_dsn, plan_dsn
 from meta1.qmgr.scheduler import (Bounce, DeliveryAgentLost, DeliveryEnded, DelayWarning, Exchanger, Final,
@@ -138,7 +147,12 @@ class DeliveryManager:
         self.queue_directory = config.queue_directory
         self.lmtp_nexthop = (f"lmtp:{os.path.join(config.queue_directory, lmtp_socket)}"
                              if isinstance(lmtp_socket, str) and lmtp_socket else None)
-        self.scheduler = Scheduler(SchedulerConfig.from_config(config), trace=trace_sink(config))
+        trace = trace_sink(config)
+        # qmgr's configuration map (icm: icr: oci: ocm: oct:), None without one.
+        self.config_map = open_config_map(config, self.loop, self.hostname, trace=trace)
+        outgoing = self.config_map.outgoing if self.config_map is not None else None
+        self.scheduler = Scheduler(SchedulerConfig.from_config(config), trace=trace,
+                                   limits=outgoing.connection_limits if outgoing is not None else None)
         self.defedb, quarantined = open_defedb(self.layout, now=now_us())
         for path in quarantined:
             log.error("DEFEDB was damaged and is quarantined as %s: deferred recipients in it are "
@@ -150,7 +164,9 @@ class DeliveryManager:
         self.ids = IdGenerator(id_state.start(now_us()), QMGR_ID_INDEX, reserve=id_state.reserve)
         self.smar = LinkClient(self.loop, self.layout.smar_socket, role="qmgr", peer_role="smar",
                                on_ready=self._smar_ready, on_record=self._smar_record, on_lost=self._smar_lost)
-        self.policy = PolicyRelay(self.smar)            # smtps' policy checks, passed to smar
+        # smtps' policy checks, passed to smar; new sessions admitted first (icm:, icr:)
+        self.policy = PolicyRelay(self.smar, forwards=asks_smar(config),
+                                  admission=self.config_map.admission if self.config_map is not None else None)
         self.route_requests: dict[int, str] = {}       # sent to smar: request id -> next hop
         self.routes_unsent: list[str] = []
         self._request_ids = iter(range(1, 1 << 62))
@@ -317,11 +333,24 @@ class DeliveryManager:
             return
         if record.outcome == "ok":
             exchangers = tuple(Exchanger(x.preference, x.host, tuple(x.addresses)) for x in record.exchangers)
-            self.handle(RouteResolved(nexthop, exchangers, now_us() + record.ttl * SECOND))
+            resolved = RouteResolved(nexthop, exchangers, now_us() + record.ttl * SECOND)
+            if self.config_map is None:
+                self.handle(resolved)
+            else:        # the scheduler needs the addresses' oci:/ocm: at once (meta1.qmgr.limits)
+                self.config_map.outgoing.route_ready(
+                    (address for x in exchangers for address in x.addresses),
+                    lambda failure: self._route_ready(resolved, failure))
         else:
             permanent = record.outcome == "permanent"
             code = 550 if permanent else 451
             self.handle(RouteFailed(nexthop, permanent, f"{code} {record.status} {record.reason}"))
+
+    def _route_ready(self, resolved: RouteResolved, failure: str | None) -> None:
+        if failure is None:
+            self.handle(resolved)
+        else:           # B33: no delivery with limits the map did not give
+            log.warning("%s: route deferred: %s", resolved.nexthop, failure)
+            self.handle(RouteFailed(resolved.nexthop, False, f"451 4.3.0 {failure}"))
 
     def _smar_lost(self, link: RecordLink, exc: BaseException | None) -> None:
         self.policy.smar_lost()
@@ -341,12 +370,17 @@ class DeliveryManager:
         cut = dataclasses.replace(transaction, recipients=tuple(r for r in transaction.recipients
                                                                 if r.rcpt_id in wanted))
         lmtp = action.nexthop.startswith(LMTP_NEXTHOP)
-        targets = tuple(Target(exchanger.host, address, 0 if lmtp else self.port, exchanger.preference)
+        targets = tuple(Target(exchanger.host, address, 0 if lmtp else self.port, exchanger.preference,
+                               self._connect_timeout(address))
                         for address, exchanger in zip(action.addresses, action.targets))
         log.info("%s: scheduled: delivery %d of %d recipient%s to %s via %s%s", action.ta_id, action.delivery_id,
                  len(action.rcpt_ids), "" if len(action.rcpt_ids) == 1 else "s", action.nexthop,
                  ", ".join(f"{t.host} [{t.address}]" for t in targets), " (reusing a session)" if action.reuse else "")
         self._send_delivery(Delivery(action.delivery_id, cut, targets, lmtp, action.reuse))
+
+    def _connect_timeout(self, address: str) -> int:
+        """``oct:`` for ``address`` (0: smtpc's IO_timeout)."""
+        return self.config_map.outgoing.connect_timeout(address) if self.config_map is not None else 0
 
     def _send_delivery(self, delivery: Delivery) -> None:
         links = [link for link in self.smtpc.links if link.ready]
@@ -579,6 +613,8 @@ class DeliveryManager:
     # -- running -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.config_map is not None:
+            self.config_map.start()
         self.smtpc.start()
         self.smar.start()
 
@@ -593,6 +629,8 @@ class DeliveryManager:
         self.cleanup_pool.shutdown(wait=True)
         self.defedb_pool.shutdown(wait=True)
         self.defedb.close()
+        if self.config_map is not None:
+            self.config_map.close()
 
 
 def _status(code: int) -> Status:

@@ -58,7 +58,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 #: address -> (initial_connections, max_connections) for that address (the ``oci:`` and
-#: ``ocm:`` tags of qmgr's configuration map), or None for the section's defaults.
+#: ``ocm:`` tags of qmgr's configuration map: :meth:`meta1.qmgr.limits.OutgoingLimits.connection_limits`),
+#: or None for the section's defaults. Asked once per address, when its entry is created.
 LimitLookup = Callable[[str], "tuple[int, int] | None"]
 
 

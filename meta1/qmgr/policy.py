@@ -1,4 +1,5 @@
-"""qmgr passes policy checks on: smtps asks, smar decides, qmgr carries both ways.
+"""qmgr passes policy checks on: smtps asks, smar decides, qmgr carries both ways — and
+admits each new session first when its configuration map limits connections.
 
 Responsibilities
     smtps talks only to qmgr and qmgr to smar (DESIGN.md). A :class:`PolicyCheck` that
@@ -6,6 +7,16 @@ Responsibilities
     :class:`PolicyVerdict` that comes back goes to the smtps link that asked, with the
     request id it used. ``stage = "end"`` (a session is over) is passed on and has no
     answer.
+
+Admission (``icm:``, ``icr:``; :mod:`meta1.qmgr.admission`, D-POL-22)
+    With ``qmgr { config_map }`` every session's connect check comes here first, even when
+    smtps decides the rest of the session itself (:func:`~meta1.policy.service.qmgr_admits`).
+    A session over its client's limits is answered ``close`` with the ``421 4.7.0`` (a
+    failed lookup: ``421 4.3.0``) and never reaches smar; an admitted one is counted and
+    its check goes on to smar — or, when smar has nothing to check for sessions
+    (:func:`~meta1.policy.service.asks_smar` is false), is answered ``ok`` here, and smtps
+    runs its own checks. The session's ``end`` frees its slot; a lost smtps link frees
+    every slot it held.
 
 When smar cannot answer
     A check that cannot be sent (smar not connected) or whose answer cannot come (the
@@ -21,6 +32,7 @@ import dataclasses
 import logging
 
 from meta1.ipc.records import PolicyCheck, PolicyVerdict
+from meta1.policy.service import reply_line
 from meta1.runtime.link import RecordLink
 
 log = logging.getLogger("meta1.qmgr")
@@ -35,19 +47,40 @@ def unavailable(stage: str) -> tuple[str, str]:
 
 
 class PolicyRelay:
-    """See the module docstring. ``smar`` is the LinkClient to smar."""
+    """See the module docstring. ``smar`` is the LinkClient to smar; ``forwards``: smar
+    has checks to run for sessions; ``admission``: the :class:`~meta1.qmgr.admission.Admission`
+    of new sessions, None without a configuration map."""
 
-    def __init__(self, smar):
+    def __init__(self, smar, *, forwards: bool = True, admission=None):
         self.smar = smar
+        self.forwards = forwards
+        self.admission = admission
         self.pending: dict[int, tuple[RecordLink, PolicyCheck]] = {}
         self._ids = iter(range(1, 1 << 62))
 
     def check(self, link: RecordLink, record: PolicyCheck) -> None:
         """From smtps."""
         if record.stage == "end":
-            if self.smar.ready:
+            if self.admission is not None:
+                self.admission.ended(link, record.session_id)
+            if self.forwards and self.smar.ready:
                 self.smar.send(record)
             return
+        if record.stage == "connect" and self.admission is not None:
+            self.admission.admit(link, record.session_id, record.client_address,
+                                 lambda refusal: self._admitted(link, record, refusal))
+            return
+        self._forward(link, record)
+
+    def _admitted(self, link: RecordLink, record: PolicyCheck, refusal) -> None:
+        if refusal is not None:
+            self._answer(link, record, "close", reply_line(refusal))
+        elif self.forwards:
+            self._forward(link, record)
+        else:
+            self._answer(link, record, "ok", "")
+
+    def _forward(self, link: RecordLink, record: PolicyCheck) -> None:
         if not self.smar.ready:
             self._answer(link, record, *unavailable(record.stage))
             return
@@ -72,6 +105,8 @@ class PolicyRelay:
     def smtps_lost(self, link: RecordLink) -> None:
         for request_id in [r for r, (owner, _) in self.pending.items() if owner is link]:
             del self.pending[request_id]
+        if self.admission is not None:
+            self.admission.owner_lost(link)
 
     @staticmethod
     def _answer(link: RecordLink, check: PolicyCheck, outcome: str, reply: str, routes=()) -> None:

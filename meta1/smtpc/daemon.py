@@ -23,8 +23,9 @@ What smtpc decides and what it does not
 
 Timers (RFC 5321 §4.5.3.2)
     ``IO_timeout`` for the greeting and each reply, ``final_dot_timeout`` for the reply to
-    the end of data, ``IO_timeout`` for a connect too; an idle cached connection is closed
-    after :data:`IDLE_REUSE_SECONDS`.
+    the end of data, ``IO_timeout`` for a connect too — unless qmgr's configuration map
+    gives the address another (``oct:``, carried in the delivery's ``Target``); an idle
+    cached connection is closed after :data:`IDLE_REUSE_SECONDS`.
 
 Content
     Read from the CDB file with :func:`meta1.queue.cdb.iter_content` when the session asks
@@ -205,6 +206,7 @@ class DeliveryAttempt:
         for target in record.targets:
             exchangers[(target.preference, target.host)].append(target.address)
         self.ports = {t.address: t.port for t in record.targets}
+        self.connect_timeouts = {t.address: t.connect_timeout for t in record.targets}   # oct:
         self.plan = AddressPlan([(pref, host, addresses) for (pref, host), addresses in exchangers.items()],
                                 client.rng, instance=record.transaction.ta_id, trace=client.trace)
         self.tried: list[str] = []
@@ -238,7 +240,8 @@ class DeliveryAttempt:
             self.where = idle.where
             self.greeted(idle)
             return
-        self.pending = connect_stream(self.client.loop, candidate.address, port, self.client.io_timeout,
+        timeout = self.connect_timeouts.get(candidate.address) or self.client.io_timeout
+        self.pending = connect_stream(self.client.loop, candidate.address, port, timeout,
                                       lambda sock, why: self._connected(candidate, port, sock, why))
 
     def _connected(self, candidate: Candidate, port: int, sock, why: str) -> None:

@@ -58,7 +58,8 @@ from meta1.runtime.process import (announce_ready, exit_with_parent, forget_supe
                                   supervised, tell_supervisor, trace_sink)
 from meta1.smtp import R
 from meta1.ids import IdGenerator, IdUnavailable
-from meta1.smtps.policy import PolicyClient, asks_smar
+from meta1.policy.service import asks_smar, qmgr_admits
+from meta1.smtps.policy import PolicyClient
 from meta1.smtps.session import (Close, CommitContent, DiscardContent, OpenContent, Send,
                                  Session, Settings, WriteContent)
 
@@ -387,7 +388,7 @@ class SmtpServer:
         self.opener = WorkerPool(self.loop, threads=1, name="smtps-opener")
         self.qmgr = QmgrClient(self.loop, self.layout.smtps_socket, instance,
                                commit_timeout=float(self.node.io_timeout))
-        self.policy_client = PolicyClient(self, asks_smar(config))
+        self.policy_client = PolicyClient(self, asks_smar(config), qmgr_admits(config))
         self.qmgr.on_verdict = self.policy_client.verdict
         self.qmgr.on_link_lost = self.policy_client.link_lost
         self.by_session: dict[str, SmtpServerConnection] = {}

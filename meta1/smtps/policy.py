@@ -17,6 +17,12 @@ Where the verdict comes from
       ``IO_timeout``: a temporary failure (``421 4.3.0`` at connect, ``451 4.3.0`` at
       MAIL/RCPT), never "ok". When a session that asked smar ends, smar is told
       (stage "end") so that it can forget the session.
+    * With ``qmgr { config_map }`` qmgr admits every new session (``icm:``, ``icr:``,
+      :mod:`meta1.qmgr.admission`): the connect check always goes to qmgr, and the end
+      always follows, so that qmgr counts the session from its admission to its end. When
+      smar has nothing to check, qmgr answers the connect check itself ("ok", or the
+      ``421`` of a refusal) and the checks of the session — connect included — are then
+      made here as above (D-POL-22).
 """
 
 from __future__ import annotations
@@ -30,50 +36,39 @@ from meta1.smtps.session import CheckPolicy, Outcome
 
 log = logging.getLogger("meta1.smtps")
 
-#: The smar sections that make a session's checks smar's business.
-POLICY_SECTIONS = ("access_map", "local_user_map", "aliases", "mailertable", "greylisting")
 OUTCOMES = {"ok": Outcome.OK, "refused": Outcome.REFUSED, "close": Outcome.CLOSE, "discard": Outcome.DISCARD}
 UNAVAILABLE = {"connect": (Outcome.CLOSE, "421 4.3.0 policy service not available; try again later"),
                "mail": (Outcome.REFUSED, "451 4.3.0 policy service not available; try again later"),
                "rcpt": (Outcome.REFUSED, "451 4.3.0 policy service not available; try again later")}
 
 
-def asks_smar(config) -> bool:
-    """Whether the configuration gives smar something to check for sessions."""
-    smar = config.smar
-    return any(smar.sections.get(name) is not None for name in POLICY_SECTIONS) or bool(smar.dnsbl)
-
-
 class PolicyClient:
     """See the module docstring; ``server`` is the SmtpServer (its loop, its qmgr link,
-    its connections by session id)."""
+    its connections by session id); ``remote``: smar checks the sessions; ``admitted``:
+    qmgr admits each new session."""
 
-    def __init__(self, server, remote: bool):
+    def __init__(self, server, remote: bool, admitted: bool = False):
         self.server = server
         self.remote = remote
+        self.admitted = admitted
         # Nothing for smar to look up: the same policy (local domains, the relay rule,
         # loopback clients) decided here, at once (module docstring).
         self.local = None if remote else PolicyService(server.config, server.settings.hostname, driver=NoMaps())
         self.timeout = server.settings.io_timeout
-        self.pending: dict[int, tuple[str, object]] = {}     # request id -> (session id, timer)
-        self.asked: set[str] = set()                          # sessions smar knows
+        self.pending: dict[int, tuple[str, object, CheckPolicy]] = {}   # request id -> (session id, timer, check)
+        self.asked: set[str] = set()                          # sessions qmgr (and smar) know
         self._ids = iter(range(1, 1 << 62))
 
     def check(self, session, request: CheckPolicy):
-        """The verdict on ``request`` if known at once, else None (asked of smar)."""
-        if not self.remote:
-            verdict: list = []
-            self.local.ask(Question(session.id, request.stage, session.client_address, session.helo or "",
-                                    request.sender, request.recipient, False, self.server.name),
-                           lambda outcome, reply, routes=(): verdict.append(
-                               (OUTCOMES[outcome], reply, tuple(ResolvedRecipient(*route) for route in routes))))
-            return verdict[0]
+        """The verdict on ``request`` if known at once, else None (asked of qmgr/smar)."""
+        if not self.remote and not (self.admitted and request.stage == "connect"):
+            return self._decide_here(session, request)
         qmgr = self.server.qmgr
         if not qmgr.ready:
             return self._unavailable(session.id, request.stage, "qmgr not connected")
         request_id = next(self._ids)
-        timer = self.server.loop.call_later(self.timeout, lambda: self._expire(request_id, request.stage))
-        self.pending[request_id] = (session.id, timer)
+        timer = self.server.loop.call_later(self.timeout, lambda: self._expire(request_id))
+        self.pending[request_id] = (session.id, timer, request)
         self.asked.add(session.id)
         qmgr.client.send(PolicyCheck(request_id, session.id, request.stage, session.client_address,
                                      session.client_port, session.helo or "", request.sender, request.recipient,
@@ -85,7 +80,7 @@ class PolicyClient:
         entry = self.pending.pop(record.request_id, None)
         if entry is None:
             return                      # expired meanwhile: answered already
-        session_id, timer = entry
+        session_id, timer, request = entry
         timer.cancel()
         try:
             outcome = OUTCOMES[record.outcome]
@@ -93,11 +88,18 @@ class PolicyClient:
         except (KeyError, ValueError):
             log.error("%s: unusable policy verdict %r %r", session_id, record.outcome, record.reply[:80])
             outcome, reply = Outcome.CLOSE, R.LOCAL_ERROR.format(hostname=self.server.settings.hostname)
-        self._deliver(session_id, outcome, reply, record.routes)
+        routes = record.routes
+        if outcome is Outcome.OK and not self.remote:
+            # qmgr admitted the session; the checks are ours (module docstring).
+            connection = self.server.connection_of(session_id)
+            if connection is None or connection.session is None:
+                return
+            outcome, reply, routes = self._decide_here(connection.session, request)
+        self._deliver(session_id, outcome, reply, routes)
 
     def link_lost(self) -> None:
         for request_id in list(self.pending):
-            self._expire(request_id, None)
+            self._expire(request_id)
 
     def session_ended(self, session) -> None:
         if self.local is not None:
@@ -109,18 +111,25 @@ class PolicyClient:
                                                          session.client_port, "", None, None, False,
                                                          self.server.name or ""))
 
-    def _expire(self, request_id: int, stage: str | None) -> None:
+    def _decide_here(self, session, request: CheckPolicy):
+        """The verdict of the policy core run here, without maps (at once)."""
+        verdict: list = []
+        self.local.ask(Question(session.id, request.stage, session.client_address, session.helo or "",
+                                request.sender, request.recipient, False, self.server.name),
+                       lambda outcome, reply, routes=(): verdict.append(
+                           (OUTCOMES[outcome], reply, tuple(ResolvedRecipient(*route) for route in routes))))
+        return verdict[0]
+
+    def _expire(self, request_id: int) -> None:
         entry = self.pending.pop(request_id, None)
         if entry is None:
             return
-        session_id, timer = entry
+        session_id, timer, request = entry
         timer.cancel()
         connection = self.server.connection_of(session_id)
         if connection is None:
             return
-        stage = stage or {"CHECKING_CLIENT": "connect", "CHECKING_SENDER": "mail"}.get(
-            connection.session.state.name, "rcpt")
-        outcome, reply = self._unavailable(session_id, stage, "no verdict from qmgr/smar")
+        outcome, reply = self._unavailable(session_id, request.stage, "no verdict from qmgr/smar")
         connection.apply(connection.session.policy_result(outcome, reply))
 
     def _unavailable(self, session_id: str, stage: str, why: str):

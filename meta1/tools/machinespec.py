@@ -25,6 +25,7 @@ MACHINES = {
     "smar-exchange": "meta1.smar.states",
     "sockmap-connection": "meta1.maps.states",
     "qmgr-recipient": "meta1.qmgr.states",
+    "qmgr-admission": "meta1.qmgr.admission",
     "mcp-service": "meta1.mcp.states",
     "lmtpd-session": "meta1.lmtpd.states",
     "policy-session": "meta1.policy.states",

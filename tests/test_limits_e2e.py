@@ -1,0 +1,129 @@
+"""qmgr's configuration map through the real daemons: incoming connection limits counted
+by qmgr across smtps processes (icm:, icr:; B56), a failing map (421 4.3.0), a socket map
+answered off qmgr's loop and cached, and the outgoing limit per server address (ocm:;
+B69) seen at a peer that counts its open connections."""
+
+from __future__ import annotations
+
+import threading
+
+from delivery_support import WAIT, world  # noqa: F401 (fixture)
+from mta import MTA, SMTPClient, wait_for
+from sockmap_support import SockmapServer, table_handler
+
+MESSAGE = b"From: a@home.test\r\nSubject: limits\r\n\r\nbody\r\n"
+
+
+def limits_mta(base, entries: list[str], *, smtps: str = "", smar: str = "", conf_map: str = "") -> MTA:
+    """qmgr with ``config_map = conf``: an inline map of ``entries`` (or ``conf_map``, the
+    map's own declaration), and smtps with ``smtps`` options."""
+    listed = ", ".join(f'"{entry}"' for entry in entries)
+    declaration = conf_map or f"map conf {{ type = inline; entries = {{ {listed} }}; }}"
+    return MTA(base, extra_global=f"qmgr {{ config_map = conf; }}\nsmar {{ {declaration}\n{smar} }}\n",
+               extra_smtps=smtps)
+
+
+def greeting(mta: MTA, source: str | None = None) -> int:
+    """Connect, read the greeting, leave politely: the greeting's code."""
+    with SMTPClient(mta.port, source=source) as client:
+        code, _ = client.reply()
+        if code == 220:
+            client.command("QUIT")
+        return code
+
+
+def admitted(mta: MTA) -> SMTPClient | None:
+    """A new session that got its greeting (kept open), or None if it was refused."""
+    client = SMTPClient(mta.port)
+    if client.reply()[0] == 220:
+        return client
+    client.close()
+    return None
+
+
+def assert_refused(client: SMTPClient, status: str, text: str = "") -> None:
+    code, reply = client.reply()
+    assert (code, reply.split()[0]) == (421, status), reply
+    assert text in reply
+    assert client.sock.recv(1) == b""                      # and the connection is closed
+
+
+def test_icm_refuses_the_third_concurrent_connection_across_smtps_processes_b56(tmp_path) -> None:
+    with limits_mta(tmp_path, ["icm:127.0.0.1 2"], smtps="processes = 2;") as mta:
+        wait_for(lambda: mta.log("smtps").count("connected to qmgr") >= 2, what="both smtps processes linked")
+        first, second = SMTPClient(mta.port), SMTPClient(mta.port)
+        assert first.reply()[0] == 220 and second.reply()[0] == 220
+        with SMTPClient(mta.port) as third:
+            assert_refused(third, "4.7.0", "too many connections from 127.0.0.1")
+        assert greeting(mta, source="127.0.0.2") == 220       # counted per address
+        assert first.command("QUIT")[0] == 221
+        first.close()
+        # The end reaches qmgr through whichever process served the first session; the
+        # next connection may come through the other one: the slot frees once it has.
+        with wait_for(lambda: admitted(mta), timeout=WAIT, what="the freed slot") as again:
+            with SMTPClient(mta.port) as over:                # again and second: two open
+                assert_refused(over, "4.7.0")
+        second.close()
+    assert "refused (2 open" in mta.log("qmgr")
+
+
+def test_icr_refuses_new_connections_over_the_rate_with_smar_checking_the_client(tmp_path) -> None:
+    """With an access map the connect check goes on to smar after the admission."""
+    mta = limits_mta(tmp_path, ["icr:127.0.0.2 2"],
+                     smar='nameserver = { 127.0.0.1 };\n'
+                          'map acc { type = inline; entries = { "cltaddr:127.0.0.9 REJECT" }; }\n'
+                          'access_map { name = acc; }')
+    with mta:
+        mta.spawn("smar")
+        mta.wait_log("qmgr", "connected to smar")
+        assert greeting(mta, source="127.0.0.2") == 220
+        assert greeting(mta, source="127.0.0.2") == 220      # one after the other: the rate counts
+        with SMTPClient(mta.port, source="127.0.0.2") as client:
+            assert_refused(client, "4.7.0", "too many connections per minute")
+        assert greeting(mta, source="127.0.0.3") == 220
+        assert greeting(mta, source="127.0.0.9") == 554      # admitted, then smar's access map
+
+
+def test_a_failing_configuration_map_refuses_for_now_never_admits(tmp_path) -> None:
+    dead = tmp_path / "no-sockmap"
+    with limits_mta(tmp_path, [], conf_map=f'map conf {{ type = socket; path = "{dead}"; timeout = 2s; }}') as mta:
+        for _ in range(2):                  # failures are not cached: each connection asks
+            with SMTPClient(mta.port) as client:
+                assert_refused(client, "4.3.0")
+    assert "configuration map" in mta.log("qmgr")
+
+
+def test_a_socket_map_answers_off_the_loop_and_is_cached(tmp_path) -> None:
+    path = tmp_path / "conf.sock"
+    with SockmapServer(table_handler({"icm:127.0.0.1": "1"}), unix=str(path)) as server, \
+            limits_mta(tmp_path, [], conf_map=f'map conf {{ type = socket; path = "{path}"; }}') as mta:
+        with SMTPClient(mta.port) as first:
+            assert first.reply()[0] == 220
+            with SMTPClient(mta.port) as second:
+                assert_refused(second, "4.7.0")
+            assert first.command("QUIT")[0] == 221   # its end reaches qmgr before the next check
+        asked = [key for _, key in server.requests]
+        assert asked == ["icm:127.0.0.1", "icr:127.0.0.1", "icr:127.0.0.", "icr:127.0.", "icr:127."]
+        assert greeting(mta) == 220         # the slot is free again, and nothing was asked again
+        assert len(server.requests) == len(asked)
+
+
+def test_ocm_limits_the_parallel_connections_to_a_server_b69(world) -> None:  # noqa: F811 (fixture)
+    world.zone("far.test", "127.0.0.1")
+    hold = threading.Event()
+    peer = world.peer(hold=hold)
+    # Without the entry up to eight deliveries would start at once (and idle sessions stay open).
+    world.start(qmgr="min_queue_delay = 1h; config_map = conf; "
+                     "smtpc { initial_connections = 8; max_connections = 8; }",
+                smar='map conf { type = inline; entries = { "ocm:127.0.0.1 2" }; }')
+    try:
+        for n in range(6):
+            assert world.send("a@home.test", [f"r{n}@far.test"], MESSAGE) == {}
+        # Every message is queued (each 250 came after qmgr handed it to the scheduler).
+        wait_for(lambda: peer.open_now >= 2, timeout=WAIT, what="sessions held at the peer")
+        assert peer.open_now == 2
+    finally:
+        hold.set()
+    peer.wait(6)
+    world.wait_empty()
+    assert peer.max_open == 2
