@@ -206,7 +206,8 @@ class DeliveryAttempt:
             exchangers[(target.preference, target.host)].append(target.address)
         self.ports = {t.address: t.port for t in record.targets}
         self.plan = AddressPlan([(pref, host, addresses) for (pref, host), addresses in exchangers.items()],
-                                client.rng, instance=record.transaction.ta_id, trace=client.trace)
+                                client.rng, instance=f"{record.transaction.ta_id}/{record.delivery_id}",
+                                trace=client.trace)    # a transaction may be in several deliveries at once
         self.tried: list[str] = []
         self.where = ""
         self.address = ""                      # of the session that carried the transaction
