@@ -94,8 +94,9 @@ class Machine(Generic[S, I]):
         return row
 
 
-def ndjson_sink(write: Callable[[str], object]) -> TraceSink:
-    """A trace sink writing one JSON object per line through ``write``."""
+def ndjson_sink(write: Callable[[str], object], **fields: object) -> TraceSink:
+    """A trace sink writing one JSON object per line through ``write``; ``fields`` (the
+    writing process's ``pid``) are added to every record."""
     def sink(record: dict) -> None:
-        write(json.dumps(record, separators=(",", ":")) + "\n")
+        write(json.dumps({**record, **fields}, separators=(",", ":")) + "\n")
     return sink

@@ -5,6 +5,11 @@ loopback port, host name ``mx.test``), starts ``meta1 qmgr`` and ``meta1 smtps``
 subprocesses and waits until each says it is ready. Every process it starts is stopped
 by pid when the test ends (``stop``), so nothing outlives a test.
 
+Every run records its state-machine trace (``trace_file``, unless the test sets its own)
+and ``stop`` checks it with :mod:`meta1.tools.tracecheck`: whatever a test does, each
+transition of each daemon must be a row of its machine's table, each instance's records
+must chain, and smtpc may deliver only what qmgr scheduled (issue 7, trace validation).
+
 ``SMTPClient`` is a raw client for tests that need byte control: it sends exactly the
 bytes it is given and reads the server's replies one complete reply at a time, so a test
 can pipeline, split or smuggle and still check every reply in order.
@@ -25,6 +30,7 @@ from pathlib import Path
 from conftest import REPO
 
 READY_TIMEOUT = 30.0
+TRACE_FILE = "trace.ndjson"          # in the queue directory
 
 
 def free_port() -> int:
@@ -54,7 +60,8 @@ class MTA:
         self.config = self.base / "meta1.conf"
         self.config.write_text(
             f'queue_directory = "{self.queue}";\n'
-            f'hostname = mx.test;\n{extra_global}\n'
+            f'hostname = mx.test;\n'
+            f'{"" if "trace_file" in extra_global else f"trace_file = {TRACE_FILE};"}\n{extra_global}\n'
             "smtps {\n"
             f"    flags = {{ {smtps_flags} }};\n"
             f"    listen_socket {{ type = inet; address = 127.0.0.1; port = {self.port}; }}\n"
@@ -134,6 +141,17 @@ class MTA:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        self.check_trace()
+
+    def check_trace(self) -> None:
+        """The run's trace, checked against the tables (see the module docstring)."""
+        from meta1.tools.tracecheck import check
+        path = self.queue / TRACE_FILE
+        if not path.exists():
+            return
+        with open(path, encoding="utf-8", errors="surrogateescape") as lines:
+            report = check(lines)
+        assert not report.violations, f"the trace of this run breaks the tables:\n{report.text()}"
 
     # -- looking at the queue ------------------------------------------------------------------
 

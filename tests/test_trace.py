@@ -71,7 +71,7 @@ RECORDS = [
     "not a record",
     record("smar-exchange", "far.test. MX", "CHOOSING", "SEND", "UDP_WAIT", "smar"),
     record("smtpc-session", "127.0.0.1:25/1", "CONNECTING", "CONNECTED", "GREETING", "smtpc"),
-    record("smtpc-plan", TA, "CHOOSING", "CANDIDATE", "CONNECTING", "smtpc"),
+    record("smtpc-plan", f"{TA}/7", "CHOOSING", "CANDIDATE", "CONNECTING", "smtpc"),
     record("qmgr-recipient", f"{DSN}-0000", "INCOMING", "ADMIT", "ROUTING"),
 ]
 
@@ -80,7 +80,7 @@ def test_the_transitions_of_the_messages_own_instances_in_file_order() -> None:
     wanted = {TA, SESSION, DSN}
     found = transitions(RECORDS, wanted)
     assert [(r["machine"], r["id"]) for r in found] == [
-        ("smtps-session", SESSION), ("qmgr-recipient", f"{TA}-0001"), ("smtpc-plan", TA),
+        ("smtps-session", SESSION), ("qmgr-recipient", f"{TA}-0001"), ("smtpc-plan", f"{TA}/7"),
         ("qmgr-recipient", f"{DSN}-0000")]
     text = format_transitions(found, "trace.ndjson")
     assert f"qmgr   qmgr-recipient  {TA}-0001 INCOMING --ADMIT--> ROUTING" in text
@@ -119,9 +119,11 @@ def test_a_bounced_message_and_its_dsn_through_the_machines(traced_relay_run) ->
     assert story.splitlines()[-1] == f"{bounced}: 1 bounced; done"
     rows = transitions_part.splitlines()[1:-1]
     instances = {tuple(row.split()[1:3]) for row in rows}
+    plans = {instance for machine, instance in instances if machine == "smtpc-plan"}
     # Its session, its recipient, and the DSN it caused: the recipient and smtpc's plan.
     assert instances == {("smtps-session", session), ("qmgr-recipient", f"{bounced}-0000"),
-                         ("qmgr-recipient", f"{dsn}-0000"), ("smtpc-plan", dsn)}
+                         ("qmgr-recipient", f"{dsn}-0000")} | {("smtpc-plan", plan) for plan in plans}
+    assert plans and all(plan.startswith(f"{dsn}/") for plan in plans)
     assert f"{bounced}-0000 ROUTING --BOUNCE--> BOUNCED" in transitions_part
     assert f"{dsn}-0000 ACTIVE --DELIVERED--> DELIVERED" in transitions_part
     assert rows[0].endswith("CONNECTED --START--> CHECKING_CLIENT")

@@ -76,7 +76,7 @@ def test_a_gap_in_an_instance_is_caught() -> None:
 
 
 def test_a_delivery_qmgr_never_scheduled_is_caught() -> None:
-    plan = {"daemon": "smtpc", "machine": "smtpc-plan", "id": "S00000000000000B800", "old": "CHOOSING",
+    plan = {"daemon": "smtpc", "machine": "smtpc-plan", "id": "S00000000000000B800/3", "old": "CHOOSING",
             "input": "NEXT", "new": "CONNECTING", "time": 4}
     report = check(lines(GOOD + [plan]))
     assert "smtpc delivered transaction S00000000000000B800, which qmgr never scheduled" in report.text()

@@ -685,7 +685,7 @@ ROOT = SectionSpec(
         OptionSpec("syslog_socket", Path(), "/dev/log", "The syslog daemon's socket (syslog_facility).", EXT),
         OptionSpec("trace_file", Path(), NOT_SET,
                    "File every daemon appends its state-machine transitions to, one JSON object "
-                   "per line (daemon, machine, id, old, input, new, time), for "
+                   "per line (daemon, machine, id, old, input, new, time, pid), for "
                    "`python3 -m meta1.tools.tracecheck` and `meta1 trace`; relative to the queue directory.", EXT,
                    unset_means="no trace"),
     ),

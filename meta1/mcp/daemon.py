@@ -119,7 +119,7 @@ class Mcp:
         self.trace_fd = open_trace_file(self.config)
         self.supervisor = Supervisor([s.spec for s in services], SupervisorPolicy.from_config(self.config),
                                      trace=None if self.trace_fd is None else
-                                     ndjson_sink(lambda line: os.write(self.trace_fd, line.encode())))
+                                     ndjson_sink(lambda line: os.write(self.trace_fd, line.encode()), pid=os.getpid()))
 
     def _prepare_queue(self, services: list[Service]) -> None:
         if not self.as_root:

@@ -101,7 +101,9 @@ def trace_sink(config):
     if fd is None:
         return None
     from meta1.machine import ndjson_sink
-    return ndjson_sink(lambda line: os.write(fd, line.encode("utf-8", "surrogateescape")))
+    # The pid tells a restarted daemon's machines from its predecessor's (tracecheck
+    # chains each instance per process).
+    return ndjson_sink(lambda line: os.write(fd, line.encode("utf-8", "surrogateescape")), pid=os.getpid())
 
 
 def limit_core_dumps() -> None:

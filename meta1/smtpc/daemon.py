@@ -208,7 +208,8 @@ class DeliveryAttempt:
         self.ports = {t.address: t.port for t in record.targets}
         self.connect_timeouts = {t.address: t.connect_timeout for t in record.targets}   # oct:
         self.plan = AddressPlan([(pref, host, addresses) for (pref, host), addresses in exchangers.items()],
-                                client.rng, instance=record.transaction.ta_id, trace=client.trace)
+                                client.rng, instance=f"{record.transaction.ta_id}/{record.delivery_id}",
+                                trace=client.trace)    # a transaction may be in several deliveries at once
         self.tried: list[str] = []
         self.where = ""
         self.address = ""                      # of the session that carried the transaction

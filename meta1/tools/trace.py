@@ -28,8 +28,9 @@ Strategy
     first collects the ids that belong to the message (its session, its DSNs), the second
     picks the lines.
 
-    A transition belongs to the message when its instance id is one of those ids, or a
-    recipient id of one (``ID-NNNN``) — the ids the records carry, nothing guessed.
+    A transition belongs to the message when its instance id is one of those ids, a
+    recipient id of one (``ID-NNNN``) or a delivery plan of one (``ID/N``) — the ids the
+    records carry, nothing guessed.
     Machines whose instances are not the message's are left out: an smtpc connection
     (``address:port/N``) may carry several messages, a DNS question (``smar-exchange``)
     serves every message for that domain, and a greylisting triplet outlives them.
@@ -47,7 +48,7 @@ import sys
 from dataclasses import dataclass
 from typing import Iterable
 
-from meta1.tools.tracecheck import RCPT_ID
+from meta1.tools.tracecheck import transaction_of
 
 LINE = re.compile(r"^(?P<time>\d{4}-\d\d-\d\dT[\d:.]+Z) (?P<daemon>[\w.]+)\[(?P<pid>\d+)\]: (?P<text>.*)$")
 SESSION_OF = re.compile(r"^(S[0-9A-F]{18}): ta=(S[0-9A-F]{18}) ")
@@ -148,8 +149,7 @@ def format_events(events: list[Event], queue_id: str) -> str:
 # -- the machine transitions (trace_file) ---------------------------------------------------------
 
 def _belongs(instance: str, wanted: set[str]) -> bool:
-    recipient = RCPT_ID.fullmatch(instance)
-    return instance in wanted or (recipient is not None and recipient[1] in wanted)
+    return instance in wanted or transaction_of(instance) in wanted
 
 
 def transitions(records: Iterable[str], wanted: set[str]) -> list[dict]:

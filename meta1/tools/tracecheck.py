@@ -4,14 +4,15 @@
 
 Responsibilities
     Every transition of every machine goes through one function that can write it as a
-    JSON line — ``{"daemon", "machine", "id", "old", "input", "new", "time"}``
+    JSON line — ``{"daemon", "machine", "id", "old", "input", "new", "time", "pid"}``
     (:mod:`meta1.machine`; qmgr's scheduler writes the same record). This tool reads such
     a trace, written by all daemons of a run into one file, and checks that
 
     * every record is a row of its machine's table: ``(old, input)`` exists and leads to
       ``new`` — the code did nothing its table does not say;
     * every instance's records chain: each ``old`` is the previous ``new`` of the same
-      machine instance — no transition happened outside the trace;
+      machine instance in the same process (``pid``: a restarted daemon begins its
+      instances again) — no transition happened outside the trace;
     * ids agree across daemons: every delivery plan smtpc traced (its instance is the
       transaction id) is for a transaction whose recipients qmgr traced — smtpc delivered
       nothing qmgr did not hand it — and every recipient qmgr traced belongs to a
@@ -36,6 +37,14 @@ from meta1.tools.machinespec import MACHINES
 
 TA_ID = re.compile(r"S[0-9A-F]{18}")
 RCPT_ID = re.compile(r"(S[0-9A-F]{18})-[0-9A-F]{4}")
+#: smtpc's address plan of one delivery: ``<ta-id>/<delivery id>``.
+PLAN_ID = re.compile(r"(S[0-9A-F]{18})/[0-9]+")
+
+
+def transaction_of(instance: str) -> str | None:
+    """The transaction a recipient or delivery-plan instance id belongs to (None: other)."""
+    match = RCPT_ID.fullmatch(instance) or PLAN_ID.fullmatch(instance)
+    return match[1] if match is not None else None
 
 
 @dataclass
@@ -89,7 +98,7 @@ def check(lines: Iterable[str]) -> Report:
             expected = table.get((old, input))
             report.violations.append(f"line {number}: {machine} {instance}: {old} --{input}--> {new} is no row "
                                      f"(the table says {expected or 'nothing'})")
-        key = (daemon, machine, str(instance))
+        key = (daemon, record.get("pid"), machine, str(instance))
         if key in last and last[key] != old:
             report.violations.append(f"line {number}: {machine} {instance} was {last[key]}, "
                                      f"the record starts from {old}")
@@ -100,8 +109,8 @@ def check(lines: Iterable[str]) -> Report:
                 report.violations.append(f"line {number}: qmgr recipient id {instance!r} is not <ta-id>-NNNN")
             else:
                 qmgr_transactions.add(match.group(1))
-        elif machine == "smtpc-plan" and TA_ID.fullmatch(str(instance)):
-            smtpc_plans.add(str(instance))
+        elif machine == "smtpc-plan" and PLAN_ID.fullmatch(str(instance)):
+            smtpc_plans.add(str(transaction_of(str(instance))))
     for ta_id in sorted(smtpc_plans - qmgr_transactions):
         report.violations.append(f"smtpc delivered transaction {ta_id}, which qmgr never scheduled")
     return report
