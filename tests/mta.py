@@ -30,7 +30,8 @@ from pathlib import Path
 from conftest import REPO
 
 READY_TIMEOUT = 30.0
-TRACE_FILE = "trace.ndjson"          # in the queue directory
+TRACE_FILE = "trace.ndjson"          # in the test's directory, beside the queue (a full queue
+                                     # file system must not cut the trace)
 
 
 def free_port() -> int:
@@ -58,10 +59,11 @@ class MTA:
         self.queue = queue or self.base / "queue"
         self.port = port or free_port()
         self.config = self.base / "meta1.conf"
+        trace = "" if "trace_file" in extra_global else f'trace_file = "{self.base / TRACE_FILE}";'
         self.config.write_text(
             f'queue_directory = "{self.queue}";\n'
             f'hostname = mx.test;\n'
-            f'{"" if "trace_file" in extra_global else f"trace_file = {TRACE_FILE};"}\n{extra_global}\n'
+            f'{trace}\n{extra_global}\n'
             "smtps {\n"
             f"    flags = {{ {smtps_flags} }};\n"
             f"    listen_socket {{ type = inet; address = 127.0.0.1; port = {self.port}; }}\n"
@@ -146,7 +148,7 @@ class MTA:
     def check_trace(self) -> None:
         """The run's trace, checked against the tables (see the module docstring)."""
         from meta1.tools.tracecheck import check
-        path = self.queue / TRACE_FILE
+        path = self.base / TRACE_FILE
         if not path.exists():
             return
         with open(path, encoding="utf-8", errors="surrogateescape") as lines:

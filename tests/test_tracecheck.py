@@ -6,6 +6,7 @@ transactions. Tampered traces are caught."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -85,3 +86,18 @@ def test_a_delivery_qmgr_never_scheduled_is_caught() -> None:
 def test_garbage_and_unknown_machines_are_violations() -> None:
     report = check(["{not json", json.dumps(dict(GOOD[0], machine="nonsense"))])
     assert len(report.violations) == 2
+
+
+def test_a_trace_file_that_cannot_be_written_stops_the_trace_not_the_daemon(monkeypatch, caplog) -> None:
+    """/dev/full answers every write with ENOSPC: the sink logs once and goes quiet."""
+    from meta1.runtime.process import TRACE_FD_ENV, trace_sink
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        monkeypatch.setenv(TRACE_FD_ENV, str(fd))
+        sink = trace_sink(config=None)
+        for _ in range(3):
+            sink(GOOD[0])
+    finally:
+        os.close(fd)
+    assert [r.getMessage() for r in caplog.records] == [
+        "trace_file: No space left on device; this process writes no more trace records"]

@@ -101,9 +101,24 @@ def trace_sink(config):
     if fd is None:
         return None
     from meta1.machine import ndjson_sink
+    failed = False
+
+    def write(line: str) -> None:
+        # A trace is for reading, never a reason to fail: a full or broken file stops the
+        # trace of this process, with one error logged, and the daemon goes on.
+        nonlocal failed
+        if failed:
+            return
+        try:
+            os.write(fd, line.encode("utf-8", "surrogateescape"))
+        except OSError as error:
+            failed = True
+            logging.getLogger("meta1").error("trace_file: %s; this process writes no more trace records",
+                                             error.strerror)
+
     # The pid tells a restarted daemon's machines from its predecessor's (tracecheck
     # chains each instance per process).
-    return ndjson_sink(lambda line: os.write(fd, line.encode("utf-8", "surrogateescape")), pid=os.getpid())
+    return ndjson_sink(write, pid=os.getpid())
 
 
 def limit_core_dumps() -> None:
