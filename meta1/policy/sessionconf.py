@@ -43,7 +43,7 @@ from typing import Any, Mapping
 from meta1.config import ConfigError, load_section
 from meta1.config.schema import SMTPS_SESSION_CONF
 from meta1.ipc.records import SessionConf
-from meta1.policy.access import smtps_session_conf
+from meta1.policy.access import ConfResult, smtps_session_conf
 from meta1.policy.plan import Steps
 
 #: The SessionConf fields that carry an option's value (the rest are the flags).
@@ -58,18 +58,12 @@ class SessionConfError(ValueError):
 
 
 @dataclass(frozen=True)
-class SessionConfResult:
-    """The connect stage's configuration lookup: the entry's key and its parsed options
-    (``conf`` None: no entry), or ``failure`` (a failed lookup or a bad value), which
-    closes the session with 421 (B33)."""
+class SessionConfResult(ConfResult):
+    """The connect stage's configuration lookup: the entry (``key``, ``text``) and the
+    options it sets (``conf``; None: no entry), or ``failure`` (a failed lookup or a bad
+    value), which closes the session with 421 (B33)."""
 
-    key: str = ""
     conf: SessionConf | None = None
-    failure: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.failure)
 
 
 def session_conf_steps(map_name: str | None, client_addr: str, client_name: str = "") -> Steps[SessionConfResult]:
@@ -82,8 +76,8 @@ def session_conf_steps(map_name: str | None, client_addr: str, client_name: str 
     try:
         conf = parse_session_conf(found.text)
     except SessionConfError as error:
-        return SessionConfResult(found.key, failure=f"map {map_name}: {found.key}: {error}")
-    return SessionConfResult(found.key, conf)
+        return SessionConfResult(found.key, found.text, failure=f"map {map_name}: {found.key}: {error}")
+    return SessionConfResult(found.key, found.text, conf=conf)
 
 
 def parse_session_conf(text: str) -> SessionConf:
