@@ -193,7 +193,7 @@ class Scenario:
             steps = {"smtps_session_conf": session_conf_steps, "smtpc_session_conf": smtpc_session_conf,
                      "smtpc_rcpt_conf": smtpc_rcpt_conf}[tag](access, subject)
             result = self.maps.run(Plan(steps))
-            conf = getattr(result, "conf", None)      # smtps_session_conf: parsed (D-POL-25)
+            conf = getattr(result, "conf", None)      # smtps_session_conf: parsed (D-POL-26)
             options = {} if conf is None else {key: list(value) if isinstance(value, tuple) else value
                                                for key, value in asdict(conf).items() if value not in (None, ())}
             return None, {"text": result.text, "none": result.text is None and not result.failed,

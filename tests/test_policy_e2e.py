@@ -171,7 +171,7 @@ def ehlo_keywords(client: SMTPClient) -> list[str]:
 
 def test_a_client_gets_its_own_smtps_settings_from_smtps_session_conf_d_pol_25(policy_mta) -> None:
     """The entry's options hold for that client's sessions only: no PIPELINING, two
-    recipients (the third gets 452 4.5.3). smtpc_*_conf: entries (not wired yet, D-POL-26)
+    recipients (the third gets 452 4.5.3). smtpc_*_conf: entries (not wired yet, D-POL-27)
     change nothing, even when their text would not parse."""
     mta = policy_mta(["cltaddr:127. OK",
                       f"smtps_session_conf:{ORDINARY} flags = {{ dont_pipelining }}; max_rcpts_per_transaction = 2;",

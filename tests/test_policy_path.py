@@ -74,7 +74,7 @@ def test_qmgr_relays_with_its_own_ids_and_answers_for_a_lost_smar() -> None:
 
 
 def test_qmgr_passes_the_verdict_on_whole() -> None:
-    """What smar put in a verdict (routes, the session's options: D-POL-21, D-POL-25)
+    """What smar put in a verdict (routes, the session's options: D-POL-21, D-POL-26)
     reaches smtps as it was, with smtps's request id."""
     smar, smtps = FakeLink(), FakeLink()
     relay = PolicyRelay(smar)

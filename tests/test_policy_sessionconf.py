@@ -1,4 +1,4 @@
-"""smtps options per client (meta1/policy/sessionconf.py, D-POL-25): what an
+"""smtps options per client (meta1/policy/sessionconf.py, D-POL-26): what an
 ``smtps_session_conf:`` value may set, how it is checked (the configuration file's schema
 and messages), how it is laid over the smtps section, and how the connect stage reads it
 (B33: a failure is a 421, never "no configuration"; B34: the value whole)."""

@@ -111,7 +111,7 @@ def test_flags_print_back_to_the_same_value(words) -> None:
 
 
 def test_flag_changes_are_only_the_flags_named() -> None:
-    """Flags laid over a loaded section (an smtps_session_conf: entry, D-POL-25): what is
+    """Flags laid over a loaded section (an smtps_session_conf: entry, D-POL-26): what is
     not named is no change, whatever its default; the words and mistakes are Flags'."""
     changes = FlagChanges({"a": True, "b": False})
     words = ListValue((Scalar("dont_a"), Scalar("B")))

@@ -485,7 +485,7 @@ SMTPS = SectionSpec(
 )
 
 #: The smtps options an ``smtps_session_conf:`` access-map entry may set for the one
-#: session of the client it names (spec/policy.md, D-POL-25): those that shape one SMTP
+#: session of the client it names (spec/policy.md, D-POL-26): those that shape one SMTP
 #: dialogue. Not the process's (user, path, Log_Level, ...), not the listener's or the
 #: server's shared resources (listen_socket, max_sessions, processes, min_free_space,
 #: CDB_gid, pass_fd_socket), and not delay_checks, which is how smar decides, not how
@@ -511,7 +511,7 @@ SMTPS_SESSION_CONF = SectionSpec(
     "smtps options, which apply to that client's sessions only, over the smtps section's "
     "values. Flags it does not name keep the section's value. A value with another option, a "
     "section or a syntax error, or a lookup that fails, closes the session with 421 4.3.0 "
-    "(B33, D-POL-10, D-POL-25).",
+    "(B33, D-POL-10, D-POL-26).",
     origin=R, options=tuple(_session_option(name) for name in SMTPS_SESSION_OPTIONS),
 )
 

@@ -377,7 +377,7 @@ class FlagChanges(Flags):
     """Flags that change others' values: only the flags named, ``{flag: on}``.
 
     For configuration that applies on top of a section already loaded (an
-    ``smtps_session_conf:`` entry over its smtps section, spec/policy.md D-POL-25): a flag
+    ``smtps_session_conf:`` entry over its smtps section, spec/policy.md D-POL-26): a flag
     the text does not name keeps the section's value, not the flag's default. The words
     are those of :class:`Flags`; the set has no exclusive groups (which would need the
     section's values to be checked).

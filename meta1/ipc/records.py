@@ -36,7 +36,7 @@ from __future__ import annotations
 from meta1.ipc.codec import ProtocolError, record
 
 PROTOCOL_VERSION = 3   # 2: recipients carry the next hop resolved at RCPT (D-POL-21)
-                       # 3: the connect verdict carries the session's smtps options (D-POL-25)
+                       # 3: the connect verdict carries the session's smtps options (D-POL-26)
 
 
 @record(1)
@@ -152,7 +152,7 @@ class ResolvedRecipient:
 @record(63)
 class SessionConf:
     """The smtps options an ``smtps_session_conf:`` entry sets for one session, as smar
-    parsed and checked them (D-POL-25; the options are ``SMTPS_SESSION_OPTIONS`` of
+    parsed and checked them (D-POL-26; the options are ``SMTPS_SESSION_OPTIONS`` of
     :mod:`meta1.config.schema`, fields named by their keys). None, or a flag in neither
     list: the smtps section's own value stands. Intervals are seconds, sizes octets."""
 
@@ -173,7 +173,7 @@ class PolicyVerdict:
     a 421) or "discard"; ``reply`` is the whole reply line, e.g. "550 5.7.1 Relaying denied".
     An "ok" at RCPT carries the recipient's ``routes``: where each copy goes (D-POL-21). An
     "ok" or "discard" at connect carries ``session_conf`` when the access map has an
-    ``smtps_session_conf:`` entry for the client (D-POL-25): no record more per session."""
+    ``smtps_session_conf:`` entry for the client (D-POL-26): no record more per session."""
 
     request_id: int
     outcome: str

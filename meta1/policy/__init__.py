@@ -20,6 +20,6 @@ lookup plan (:mod:`meta1.maps.base`), DNS answers and the time are passed in.
 ``session``      one session's decisions and replies (smtps side)
 ``settings``     the settings of the cores, from a loaded configuration
 ``sessionconf``  ``smtps_session_conf:``: smtps options per client, parsed and laid
-                 over the smtps section (B33, B34, D-POL-25)
+                 over the smtps section (B33, B34, D-POL-26)
 ===============  ====================================================================
 """

@@ -13,7 +13,7 @@ Responsibilities
       ``cltname:``/``cltresolve:``) and asks the DNS block lists; for a client the
       session goes on with, it reads the client's ``smtps_session_conf:`` entry
       (:mod:`meta1.policy.sessionconf`) and answers with the parsed options, or with
-      ``421 4.3.0`` when the entry cannot be read or is not valid (B33, D-POL-25);
+      ``421 4.3.0`` when the entry cannot be read or is not valid (B33, D-POL-26);
     * at RCPT it asks greylisting last, given a store.
 
     smar runs it with its maps (:class:`~meta1.maps.driver.MapDriver`), its resolver and a
@@ -62,7 +62,7 @@ log = logging.getLogger("meta1.policy")
 
 #: ``answer(outcome, reply, routes=(), session_conf=None)``: ``routes``, for an accepted
 #: recipient, are its copies as (next hop, address) pairs (D-POL-21); ``session_conf``, for
-#: an accepted client, the options of its ``smtps_session_conf:`` entry (D-POL-25).
+#: an accepted client, the options of its ``smtps_session_conf:`` entry (D-POL-26).
 Answer = Callable[..., object]
 
 
@@ -195,7 +195,7 @@ class PolicyService:
 
     def _session_conf(self, question: Question, access_map: str, name: str, outcome: str, answer: Answer) -> None:
         """The client goes on: its ``smtps_session_conf:`` entry, parsed, goes with the
-        verdict; a failed lookup or a bad value closes the session (B33, D-POL-25)."""
+        verdict; a failed lookup or a bad value closes the session (B33, D-POL-26)."""
         plan = Plan(session_conf_steps(access_map, question.client_address, name))
 
         def looked_up(_result) -> None:

@@ -13,7 +13,7 @@ Responsibilities
       that smar runs over its maps like every other check;
     * says what the text may set: the options of
       :data:`meta1.config.schema.SMTPS_SESSION_CONF` (those that shape one SMTP dialogue,
-      D-POL-25), checked by the same loader and types as the configuration file
+      D-POL-26), checked by the same loader and types as the configuration file
       (:func:`meta1.config.load_section`), with the same positioned messages;
     * lays a parsed entry over an smtps section's values (:func:`session_values`), from
       which smtps makes the session's :class:`~meta1.smtps.session.Settings`.
@@ -22,7 +22,7 @@ Strategies
     * Parsed in smar, where the map is read: a bad value is found and logged next to the
       map's other failures, naming the map and the key, and smtps gets a checked, typed
       result in the connect verdict — no parser on smtps' accept path, no record more
-      per session (D-POL-25).
+      per session (D-POL-26).
     * All or nothing: a value with an unknown or disallowed option, a section, a bad value
       or a syntax error is a failure, and so is a lookup that answers TEMP, TIMEOUT or PERM
       (B33, D-POL-10). The session then gets ``421 4.3.0`` — it never runs with half of its

@@ -5,7 +5,7 @@ Responsibilities
     MAIL, recipient at RCPT) with one :class:`~meta1.ipc.records.PolicyVerdict`, and
     forget a session at its "end". The decisions — the access map and its tags,
     ``delay_checks``, relaying, local users, aliases, DNSBL, greylisting, the
-    ``smtps_session_conf:`` entry at connect, parsed here (D-POL-25) — are
+    ``smtps_session_conf:`` entry at connect, parsed here (D-POL-26) — are
     :class:`meta1.policy.service.PolicyService`'s (spec/policy.md), run here over smar's
     maps (:func:`meta1.maps.driver.open_maps`, a map that cannot be opened answers PERM:
     its checks fail temporarily, they never accept), smar's resolver and the greylisting

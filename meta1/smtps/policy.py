@@ -20,7 +20,7 @@ Where the verdict comes from
 
 The session's own settings
     A connect verdict may carry the options of the client's ``smtps_session_conf:``
-    entry, parsed and checked by smar (D-POL-25). They become the session's
+    entry, parsed and checked by smar (D-POL-26). They become the session's
     :class:`~meta1.smtps.session.Settings` (:meth:`PolicyClient.session_settings`: this
     server's section with the entry's options laid over), which the session takes before
     its greeting.
@@ -105,7 +105,7 @@ class PolicyClient:
 
     def session_settings(self, conf: SessionConf | None) -> Settings | None:
         """The settings of a session whose client has an ``smtps_session_conf:`` entry:
-        this server's, with the options smar parsed and checked laid over (D-POL-25)."""
+        this server's, with the options smar parsed and checked laid over (D-POL-26)."""
         if conf is None:
             return None
         return Settings.from_config(self.server.node, self.server.settings.hostname, conf)

@@ -49,7 +49,7 @@ Strategies
       into several): each is queued as a recipient with its next hop; a copy already
       queued for that address and next hop is not queued again (D-POL-21).
     * A client with an ``smtps_session_conf:`` entry gets its own :class:`Settings` with the
-      connect verdict (D-POL-25): they replace the server's before the greeting, so EHLO's
+      connect verdict (D-POL-26): they replace the server's before the greeting, so EHLO's
       keywords, SIZE, the limits and the timeout are the entry's for the whole session.
       Without PIPELINING advertised a client must not pipeline (RFC 2920 §3); one that
       does anyway is still read and answered in order, one reply per command, like
@@ -130,7 +130,7 @@ class Outcome(enum.Enum):
 Effect = Send | Close | OpenContent | WriteContent | DiscardContent | CommitContent
 #: (outcome, reply), (outcome, reply, routes) or (outcome, reply, routes, settings): an
 #: accepted recipient's copies, each with its next hop (D-POL-21; without routes the
-#: recipient is queued as given, unrouted); an accepted client's own settings (D-POL-25).
+#: recipient is queued as given, unrouted); an accepted client's own settings (D-POL-26).
 Verdict = (tuple[Outcome, "Reply | None"] | tuple[Outcome, "Reply | None", tuple[ResolvedRecipient, ...]]
            | tuple[Outcome, "Reply | None", tuple[ResolvedRecipient, ...], "Settings | None"])
 
@@ -174,7 +174,7 @@ class Settings:
     @classmethod
     def from_config(cls, node, hostname: str, conf: SessionConf | None = None) -> "Settings":
         """The settings of an smtps section (``node``); with ``conf``, those of a session
-        whose client has an ``smtps_session_conf:`` entry (D-POL-25): the section's values
+        whose client has an ``smtps_session_conf:`` entry (D-POL-26): the section's values
         with the entry's laid over."""
         values = node.values if conf is None else session_values(node.values, conf)
         flags = values["flags"]
@@ -293,7 +293,7 @@ class Session(ServerSession):
                       settings: Settings | None = None) -> list[Effect]:
         """The verdict :meth:`Services.policy` did not know at once; ``reply`` for REFUSED
         and CLOSE, ``routes`` for an accepted recipient, ``settings`` for an accepted
-        client with its own (an ``smtps_session_conf:`` entry, D-POL-25)."""
+        client with its own (an ``smtps_session_conf:`` entry, D-POL-26)."""
         self._fire(self._verdict_input(outcome, reply, routes, settings))
         self._process()
         return self._take()
@@ -554,7 +554,7 @@ class Session(ServerSession):
                 Outcome.CLOSE: Input.POLICY_CLOSE}[outcome]
 
     def _use_settings(self, settings: Settings) -> None:
-        """The client's own settings (D-POL-25), taken before the greeting, so that the
+        """The client's own settings (D-POL-26), taken before the greeting, so that the
         whole dialogue obeys them: EHLO's keywords and SIZE, the limits, the timeout."""
         log.info("%s: session settings of the client's smtps_session_conf: entry", self.id)
         self.settings = settings
