@@ -40,6 +40,8 @@ requests the step made, in order::
     command = "NOOP"        (in a refused session: 503)
     route = "<x@y>"         the routing alone (as qmgr asks it): routes / expect
     conf = "smtpc_rcpt_conf"  subject = "x@y"   text = "..." | none = true | failed = true
+                            options = { flags_off = ["pipelining"] }   (smtps_session_conf:
+                            parsed, the options it sets; a bad value is failed = true)
 
 A ``[[case]]`` table is a whole session in one line — connect (``client``, default the
 top-level one), optional ``auth``, ``mail``, ``rcpt`` with ``expect`` for the RCPT: the
@@ -49,20 +51,21 @@ open-relay battery is written that way.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meta1.config import load_text
 from meta1.maps.base import NOT_FOUND, LookupRequest, MapResult, Status, found
 from meta1.policy import checks
-from meta1.policy.access import ResolveStatus, smtpc_rcpt_conf, smtpc_session_conf, smtps_session_conf
+from meta1.policy.access import ResolveStatus, smtpc_rcpt_conf, smtpc_session_conf
 from meta1.policy.dnsbl import AnswerStatus, DnsblAnswer, dnsbl_verdict, query_name
 from meta1.policy.greylist import MemoryStore, check as grey_check, triplet
 from meta1.policy.limits import INCOMING, admit_connection
 from meta1.policy.plan import Plan
 from meta1.policy.route import route_steps
 from meta1.policy.session import SessionChecks
+from meta1.policy.sessionconf import session_conf_steps
 from meta1.policy.settings import PolicySettings
 from meta1.qmgr.admission import Admission, ConnectionCounts
 from meta1.qmgr.limits import LimitsLookup
@@ -198,11 +201,14 @@ class Scenario:
             return resolution.reply, {"routes": [str(r) for r in resolution.routes]}
         if "conf" in step:
             tag, subject, access = step["conf"], step["subject"], s.access_map
-            steps = {"smtps_session_conf": smtps_session_conf, "smtpc_session_conf": smtpc_session_conf,
+            steps = {"smtps_session_conf": session_conf_steps, "smtpc_session_conf": smtpc_session_conf,
                      "smtpc_rcpt_conf": smtpc_rcpt_conf}[tag](access, subject)
             result = self.maps.run(Plan(steps))
+            conf = getattr(result, "conf", None)      # smtps_session_conf: parsed (D-POL-26)
+            options = {} if conf is None else {key: list(value) if isinstance(value, tuple) else value
+                                               for key, value in asdict(conf).items() if value not in (None, ())}
             return None, {"text": result.text, "none": result.text is None and not result.failed,
-                          "failed": result.failed}
+                          "failed": result.failed, "options": options}
         if "end" in step:
             self.admission.ended(self.path.name, step["end"])
             return None, {}

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from meta1.ipc import codec
 from meta1.ipc.codec import MAX_LIST, MAX_STRING, FrameDecoder, ProtocolError, decode, encode, frame, record
-from meta1.ipc.records import (PROTOCOL_VERSION, Commit, CommitResult, Hello, Recipient, Transaction,
-                               handshake_check)
+from meta1.ipc.records import (PROTOCOL_VERSION, Commit, CommitResult, Hello, PolicyVerdict, Recipient,
+                               Transaction, handshake_check)
 
 
 # Test-only record types (ids far from the real ones) covering every supported annotation.
@@ -69,7 +69,8 @@ def records_of(cls) -> st.SearchStrategy:
 
 
 ALL_RECORDS = st.one_of([records_of(cls) for cls in
-                         (Everything, Empty, Inner, Hello, Recipient, Transaction, Commit, CommitResult)])
+                         (Everything, Empty, Inner, Hello, Recipient, Transaction, Commit, CommitResult,
+                          PolicyVerdict)])
 
 
 def transaction(**changes) -> Transaction:

@@ -9,6 +9,7 @@ import pytest
 
 from dnsserver import DnsServer
 from mta import MTA, SMTPClient, wait_for
+from sockmap_support import SockmapServer
 
 ORDINARY = "127.0.0.2"      # the access map says OK: accepted, no relay grant (D-POL-19:
                             # with an access map, loopback clients are ordinary clients)
@@ -16,22 +17,24 @@ REJECTED = "127.0.0.3"
 LISTED = "127.0.0.4"        # on the DNS list
 
 
-def config(dns, *, entries: list[str], smtps: str = "", smar: str = "") -> str:
+def config(dns, *, entries: list[str], smtps: str = "", smar: str = "", access_map: str = "acc") -> str:
     host, port = dns.address
     listed = ", ".join(f'"{e}"' for e in entries)
     return (f"smar {{ nameserver = {{ {host}:{port} }}; DNS_timeout = 2;\n"
             f"  map acc {{ type = inline; entries = {{ {listed} }}; }}\n"
-            f"  access_map {{ name = acc; }}\n{smar} }}\n")
+            f"  access_map {{ name = {access_map}; }}\n{smar} }}\n")
 
 
 @pytest.fixture
 def policy_mta(tmp_path):
     made = []
 
-    def make(entries: list[str], *, smtps_flags: str = "8bitmime", smar: str = "", zones=None) -> MTA:
+    def make(entries: list[str], *, smtps_flags: str = "8bitmime", smar: str = "", zones=None,
+             access_map: str = "acc") -> MTA:
         dns = DnsServer(zones or {}).__enter__()
         made.append(dns)
-        mta = MTA(tmp_path, extra_global=config(dns, entries=entries, smar=smar), smtps_flags=smtps_flags)
+        mta = MTA(tmp_path, extra_global=config(dns, entries=entries, smar=smar, access_map=access_map),
+                  smtps_flags=smtps_flags)
         made.append(mta)
         mta.start()
         mta.spawn("smar")
@@ -158,6 +161,67 @@ def test_a_map_that_fails_temporarily_gives_451_never_accept_b27(policy_mta, tmp
         client.command("MAIL FROM:<a@b.test>")
         code, text = client.command("RCPT TO:<alice@mx.test>")
         assert code == 451 and text.startswith("4.3.0")
+
+
+def ehlo_keywords(client: SMTPClient) -> list[str]:
+    code, text = client.command("EHLO c.test")
+    assert code == 250
+    return [line.split()[0] for line in text.splitlines()[1:]]
+
+
+def test_a_client_gets_its_own_smtps_settings_from_smtps_session_conf_d_pol_25(policy_mta) -> None:
+    """The entry's options hold for that client's sessions only: no PIPELINING, two
+    recipients (the third gets 452 4.5.3). smtpc_*_conf: entries (not wired yet, D-POL-27)
+    change nothing, even when their text would not parse."""
+    mta = policy_mta(["cltaddr:127. OK",
+                      f"smtps_session_conf:{ORDINARY} flags = {{ dont_pipelining }}; max_rcpts_per_transaction = 2;",
+                      "smtpc_session_conf:127. tls { broken", "smtpc_rcpt_conf:mx.test IO_timeout = never;"])
+    with session(mta, ORDINARY) as client:
+        assert client.reply()[0] == 220
+        keywords = ehlo_keywords(client)
+        assert "PIPELINING" not in keywords and "SIZE" in keywords
+        # Pipelined anyway (RFC 2920 §3 says a client must not): answered in order.
+        client.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<one@mx.test>\r\nRCPT TO:<two@mx.test>\r\n"
+                    b"RCPT TO:<three@mx.test>\r\n")
+        replies = [client.reply() for _ in range(4)]
+        assert [code for code, _ in replies] == [250, 250, 250, 452]
+        assert replies[3][1].startswith("4.5.3")
+        assert client.command("DATA")[0] == 354
+        code, _ = client.command(b"Subject: x\r\n\r\nbody\r\n.")
+        assert code == 250
+    with session(mta, "127.0.0.4") as client:                              # no entry: the server's
+        client.reply()
+        assert "PIPELINING" in ehlo_keywords(client)
+        client.command("MAIL FROM:<a@b.test>")
+        assert [client.command(f"RCPT TO:<r{n}@mx.test>")[0] for n in range(3)] == [250, 250, 250]
+    assert "session configuration from smtps_session_conf:127.0.0.2" in mta.log("smar")
+
+
+def test_a_bad_smtps_session_conf_value_refuses_the_session_d_pol_25(policy_mta) -> None:
+    mta = policy_mta(["cltaddr:127. OK", f"smtps_session_conf:{ORDINARY} max_sessions = 5;"])
+    with session(mta, ORDINARY) as client:
+        code, text = client.reply()
+        assert code == 421 and text.startswith("4.3.0")
+    log = mta.log("smar")
+    assert f"map acc: smtps_session_conf:{ORDINARY}: 1:1: unknown option 'max_sessions'" in log
+
+
+def test_a_socket_map_failing_for_smtps_session_conf_refuses_the_session_b33(policy_mta, tmp_path) -> None:
+    """TEMP for the configuration is not "no configuration": 421 4.3.0, for that client;
+    the check of the client itself went through."""
+    def handler(mapname: str, key: str):
+        return "TEMP directory down" if key == f"smtps_session_conf:{ORDINARY}" else "NOTFOUND"
+
+    with SockmapServer(handler, unix=str(tmp_path / "smap.sock")) as server:
+        mta = policy_mta([], smar=f'map sm {{ type = socket; path = "{server.path}"; }}', access_map="sm")
+        with session(mta, ORDINARY) as client:
+            code, text = client.reply()
+            assert code == 421 and text.startswith("4.3.0")
+        assert ("sm", f"cltaddr:{ORDINARY}") in server.requests
+        with session(mta, "127.0.0.4") as client:
+            assert client.reply()[0] == 220
+    refusal = next(line for line in mta.log("smar").splitlines() if "session refused" in line)
+    assert f"map sm: smtps_session_conf:{ORDINARY}: TEMP" in refusal and "directory down" in refusal
 
 
 def test_meta1_lookup_prints_every_key_tried_b17_b18(tmp_path) -> None:

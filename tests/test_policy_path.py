@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 
-from meta1.ipc.records import PolicyCheck, PolicyVerdict
+from meta1.ipc.records import PolicyCheck, PolicyVerdict, SessionConf
 from meta1.qmgr.policy import UNAVAILABLE, UNAVAILABLE_AT_CONNECT, PolicyRelay
 from mta import MTA, SMTPClient, wait_for
 
@@ -71,3 +71,14 @@ def test_qmgr_relays_with_its_own_ids_and_answers_for_a_lost_smar() -> None:
     relay.check(first, check(8, "connect"))
     assert first.sent[-1] == PolicyVerdict(8, "close", UNAVAILABLE_AT_CONNECT)
     relay.verdict(PolicyVerdict(12345, "ok", ""))        # not asked: logged, dropped
+
+
+def test_qmgr_passes_the_verdict_on_whole() -> None:
+    """What smar put in a verdict (routes, the session's options: D-POL-21, D-POL-26)
+    reaches smtps as it was, with smtps's request id."""
+    smar, smtps = FakeLink(), FakeLink()
+    relay = PolicyRelay(smar)
+    relay.check(smtps, check(9, "connect"))
+    conf = SessionConf(flags_off=("pipelining",), max_rcpts_per_transaction=2)
+    relay.verdict(PolicyVerdict(smar.sent[0].request_id, "ok", "", (), conf))
+    assert smtps.sent == [PolicyVerdict(9, "ok", "", (), conf)]

@@ -302,6 +302,36 @@ def test_discard_at_connect_discards_every_transaction() -> None:
     assert client.commits == []
 
 
+def test_a_client_with_its_own_settings_gets_them_before_the_greeting_d_pol_25() -> None:
+    """The connect verdict's settings (an smtps_session_conf: entry) replace the server's:
+    EHLO without PIPELINING and with the session's SIZE, its recipient limit (452 4.5.3,
+    RFC 5321 §4.5.3.1.10), its line limit and timeout. Commands pipelined anyway are
+    still answered in order, one reply each."""
+    services = Policy(wait=True)
+    client = Client(services)
+    own = Settings(hostname="mx.test", pipelining=False, max_message_size=5000, max_rcpts=2,
+                   max_command_line_length=600, io_timeout=30.0)
+    client.apply(client.session.policy_result(Outcome.OK, None, (), own))
+    assert client.session.settings is own and client.session.idle_timeout == 30.0
+    client.send(b"EHLO c.example\r\n")
+    assert client.replies()[1:] == ["250-mx.test", "250-SIZE 5000", "250-ENHANCEDSTATUSCODES", "250-DSN",
+                                    "250-SMTPUTF8", "250-CHUNKING", "250 HELP"]
+    services.wait = False
+    client.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nRCPT TO:<e@d.example>\r\n"
+                b"RCPT TO:<f@d.example>\r\nNOOP " + b"x" * 600 + b"\r\n")
+    assert client.replies()[-5:] == ["250 2.1.0 Sender <a@b.example> OK", "250 2.1.5 Recipient <c@d.example> OK",
+                                     "250 2.1.5 Recipient <e@d.example> OK", "452 4.5.3 Too many recipients",
+                                     "500 5.5.2 Line too long"]
+
+
+def test_settings_with_a_refusal_are_not_taken() -> None:
+    services = Policy(wait=True)
+    client = Client(services)
+    client.apply(client.session.policy_result(Outcome.CLOSE, Reply(421, "4.3.0", ("try later",)), (),
+                                              Settings(hostname="other.test")))
+    assert client.session.settings.hostname == "mx.test" and client.closed
+
+
 def test_a_recipient_is_queued_as_the_copies_its_routes_name_d_pol_21() -> None:
     """An alias's verdict carries one route per copy: each becomes a queued recipient with
     its next hop, the client's DSN parameters, and the RCPT address as ORCPT when the

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from meta1.config.tree import ListValue, Scalar
 from meta1.config.types import (
-    Endpoint, Enum, Flags, Integer, Interval, Invalid, ListOf, Size, format_interval, format_size,
+    Endpoint, Enum, FlagChanges, Flags, Integer, Interval, Invalid, ListOf, Size, format_interval, format_size,
     parse_integer, parse_interval, parse_size,
 )
 
@@ -108,3 +108,17 @@ def test_flags_defaults_negation_and_exclusive_groups() -> None:
 def test_flags_print_back_to_the_same_value(words) -> None:
     value = FLAGS.convert(ListValue(tuple(Scalar(w) for w in words)))
     assert FLAGS.convert(FLAGS.format(value)) == value
+
+
+def test_flag_changes_are_only_the_flags_named() -> None:
+    """Flags laid over a loaded section (an smtps_session_conf: entry, D-POL-26): what is
+    not named is no change, whatever its default; the words and mistakes are Flags'."""
+    changes = FlagChanges({"a": True, "b": False})
+    words = ListValue((Scalar("dont_a"), Scalar("B")))
+    assert changes.convert(words) == {"a": False, "b": True}
+    assert changes.convert(ListValue(())) == {} and changes.convert(Scalar("b")) == {"b": True}
+    assert changes.convert(changes.format({"a": False, "b": True})) == {"a": False, "b": True}
+    with pytest.raises(Invalid, match="unknown flag 'c'"):
+        changes.convert(Scalar("c"))
+    with pytest.raises(ValueError):
+        FlagChanges({"x": True, "y": False}, exclusive=(("x", "y"),))

@@ -16,11 +16,12 @@ from meta1.config.loader import (
     load_bytes,
     load_default,
     load_file,
+    load_section,
     load_text,
 )
 
 __all__ = [
     "Config", "ConfigError", "Diagnostic", "Node", "Position", "default_config_path",
     "default_config_text", "effective_document", "effective_options", "effective_section", "load_bytes", "load_default", "load_file",
-    "load_text",
+    "load_section", "load_text",
 ]

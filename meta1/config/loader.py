@@ -263,6 +263,20 @@ def load_text(text: str, filename: str, home: str | None = None) -> Config:
     return Config(root, filename)
 
 
+def load_section(spec: SectionSpec, text: str, filename: str) -> Node:
+    """Load ``text`` as the body of one section ``spec`` (configuration text that is not a
+    file, such as an access map's ``*_conf:`` value); raise :class:`ConfigError` with every
+    mistake, positioned in ``text`` and named ``filename``. The section's options may not
+    inherit (there is no enclosing section) and may not name maps (nothing is declared)."""
+    doc, diagnostics = syntax.parse(text, filename)
+    loader = _Loader(filename, None)
+    loader.diagnostics.extend(diagnostics)
+    node = loader.build(spec, doc.entries, None, Position(1, 1), None)
+    if loader.diagnostics:
+        raise ConfigError(loader.diagnostics)
+    return node
+
+
 def load_bytes(data: bytes, filename: str, home: str | None = None) -> Config:
     return load_text(syntax.decode(data, filename), filename, home)
 

@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from meta1.config.types import (
     Endpoint,
     Enum,
+    FlagChanges,
     Flags,
     Integer,
     Interval,
@@ -483,6 +484,37 @@ SMTPS = SectionSpec(
             else report(None, "policy_milter needs a socket section"),
         ),
     ),
+)
+
+#: The smtps options an ``smtps_session_conf:`` access-map entry may set for the one
+#: session of the client it names (spec/policy.md, D-POL-26): those that shape one SMTP
+#: dialogue. Not the process's (user, path, Log_Level, ...), not the listener's or the
+#: server's shared resources (listen_socket, max_sessions, processes, min_free_space,
+#: CDB_gid, pass_fd_socket), and not delay_checks, which is how smar decides, not how
+#: smtps talks — the entry is read after the client check it would change.
+SMTPS_SESSION_OPTIONS = ("flags", "IO_timeout", "max_message_size", "max_rcpts_per_transaction",
+                         "max_errors_per_session", "max_junk_commands", "max_command_line_length",
+                         "max_data_line_length")
+SMTPS_SESSION_FLAGS = FlagChanges({flag: on for flag, on in SMTPS_FLAGS.known.items() if flag != "delay_checks"},
+                                  docs={flag: doc for flag, doc in SMTPS_FLAGS.docs.items() if flag != "delay_checks"})
+
+
+def _session_option(name: str) -> OptionSpec:
+    option = SMTPS.option(name.lower())
+    assert option is not None, name
+    return replace(option, default=NOT_SET, unset_means="the smtps section's value",
+                   type=SMTPS_SESSION_FLAGS if option.key == "flags" else option.type)
+
+
+SMTPS_SESSION_CONF = SectionSpec(
+    "smtps_session_conf",
+    "Not a section of the file: the value of an access-map entry `smtps_session_conf:<client>` "
+    "(client IP keys, then its validated name; README 3.10.1) is configuration text with these "
+    "smtps options, which apply to that client's sessions only, over the smtps section's "
+    "values. Flags it does not name keep the section's value. A value with another option, a "
+    "section or a syntax error, or a lookup that fails, closes the session with 421 4.3.0 "
+    "(B33, D-POL-10, D-POL-26).",
+    origin=R, options=tuple(_session_option(name) for name in SMTPS_SESSION_OPTIONS),
 )
 
 SMTPC = SectionSpec(

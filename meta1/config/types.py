@@ -329,7 +329,8 @@ class Flags(ValueType):
     def defaults(self) -> dict[str, bool]:
         return dict(self.known)
 
-    def convert(self, value: Value) -> dict[str, bool]:
+    def named(self, value: Value) -> dict[str, tuple[bool, Value]]:
+        """The flags ``value`` names, each on or off, with the item that named it."""
         chosen: dict[str, tuple[bool, Value]] = {}
         for item in _items(value):
             if isinstance(item, ListValue):
@@ -343,6 +344,10 @@ class Flags(ValueType):
             if flag in chosen:
                 raise Invalid(f"flag '{flag}' is given more than once", item.pos)
             chosen[flag] = (on, item)
+        return chosen
+
+    def convert(self, value: Value) -> dict[str, bool]:
+        chosen = self.named(value)
         result = self.defaults()
         for group in self.exclusive:
             named = [f for f in group if f in chosen and chosen[f][0]]
@@ -365,6 +370,31 @@ class Flags(ValueType):
 
     def describe(self) -> str:
         return "flags: " + ", ".join(f"{f} ({'on' if on else 'off'})" for f, on in self.known.items())
+
+
+@dataclass(frozen=True)
+class FlagChanges(Flags):
+    """Flags that change others' values: only the flags named, ``{flag: on}``.
+
+    For configuration that applies on top of a section already loaded (an
+    ``smtps_session_conf:`` entry over its smtps section, spec/policy.md D-POL-26): a flag
+    the text does not name keeps the section's value, not the flag's default. The words
+    are those of :class:`Flags`; the set has no exclusive groups (which would need the
+    section's values to be checked).
+    """
+
+    def __post_init__(self) -> None:
+        if self.exclusive:
+            raise ValueError("FlagChanges cannot check exclusive groups")
+
+    def convert(self, value: Value) -> dict[str, bool]:
+        return {flag: on for flag, (on, _) in self.named(value).items()}
+
+    def format(self, value: dict[str, bool]) -> Value:
+        return ListValue(tuple(Scalar(flag if on else NEGATION + flag) for flag, on in value.items()))
+
+    def describe(self) -> str:
+        return "flags to turn on (name) or off (dont_name): " + ", ".join(self.known)
 
 
 @dataclass(frozen=True)

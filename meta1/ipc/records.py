@@ -35,7 +35,8 @@ from __future__ import annotations
 
 from meta1.ipc.codec import ProtocolError, record
 
-PROTOCOL_VERSION = 2   # 2: recipients carry the next hop resolved at RCPT (D-POL-21)
+PROTOCOL_VERSION = 3   # 2: recipients carry the next hop resolved at RCPT (D-POL-21)
+                       # 3: the connect verdict carries the session's smtps options (D-POL-26)
 
 
 @record(1)
@@ -148,16 +149,37 @@ class ResolvedRecipient:
     address: str
 
 
+@record(63)
+class SessionConf:
+    """The smtps options an ``smtps_session_conf:`` entry sets for one session, as smar
+    parsed and checked them (D-POL-26; the options are ``SMTPS_SESSION_OPTIONS`` of
+    :mod:`meta1.config.schema`, fields named by their keys). None, or a flag in neither
+    list: the smtps section's own value stands. Intervals are seconds, sizes octets."""
+
+    flags_on: tuple[str, ...] = ()
+    flags_off: tuple[str, ...] = ()
+    io_timeout: int | None = None
+    max_message_size: int | None = None
+    max_rcpts_per_transaction: int | None = None
+    max_errors_per_session: int | None = None
+    max_junk_commands: int | None = None
+    max_command_line_length: int | None = None
+    max_data_line_length: int | None = None
+
+
 @record(61)
 class PolicyVerdict:
     """A2Q, then Q2S: ``outcome`` "ok", "refused" (``reply``, a 4xx/5xx), "close" (``reply``,
     a 421) or "discard"; ``reply`` is the whole reply line, e.g. "550 5.7.1 Relaying denied".
-    An "ok" at RCPT carries the recipient's ``routes``: where each copy goes (D-POL-21)."""
+    An "ok" at RCPT carries the recipient's ``routes``: where each copy goes (D-POL-21). An
+    "ok" or "discard" at connect carries ``session_conf`` when the access map has an
+    ``smtps_session_conf:`` entry for the client (D-POL-26): no record more per session."""
 
     request_id: int
     outcome: str
     reply: str
     routes: tuple[ResolvedRecipient, ...] = ()
+    session_conf: SessionConf | None = None
 
 
 # -- qmgr <-> smar: routes ------------------------------------------------------------------

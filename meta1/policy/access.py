@@ -317,16 +317,19 @@ def conf_steps(map_name: str | None, tag: str, keys: list[str]) -> Steps[ConfRes
 
 
 def smtps_session_conf(map_name: str | None, client_addr: str, client_name: str = "") -> Steps[ConfResult]:
-    """smtps's per-session configuration: by the client's IP keys, then its validated name."""
+    """smtps's per-session configuration: by the client's IP keys, then its validated name
+    (read and parsed at connect by :mod:`meta1.policy.sessionconf`, D-POL-26)."""
     keys = ip_keys(client_addr) + (domain_keys(client_name) if client_name else [])
     return (yield from conf_steps(map_name, SMTPS_SESSION_CONF, keys))
 
 
 def smtpc_session_conf(map_name: str | None, server_addr: str) -> Steps[ConfResult]:
-    """smtpc's per-session configuration: by the server's IP keys."""
+    """smtpc's per-session configuration: by the server's IP keys (not read by the daemons
+    yet: it comes with TLS requirements, D-POL-27)."""
     return (yield from conf_steps(map_name, SMTPC_SESSION_CONF, ip_keys(server_addr)))
 
 
 def smtpc_rcpt_conf(map_name: str | None, rcpt: str) -> Steps[ConfResult]:
-    """smtpc's per-recipient configuration: by the recipient's address keys (B68)."""
+    """smtpc's per-recipient configuration: by the recipient's address keys (B68; not read
+    by the daemons yet: it comes with TLS requirements, D-POL-27)."""
     return (yield from conf_steps(map_name, SMTPC_RCPT_CONF, address_keys(rcpt)))

@@ -10,7 +10,10 @@ Responsibilities
     * it runs the stage's lookup plan (:mod:`meta1.policy.checks`) over a map *driver*
       (``driver.run(plan, on_done) -> bool``: True when the plan finished at once);
     * at connect, given a DNS resolver, it checks the client's name (PTR and back,
-      ``cltname:``/``cltresolve:``) and asks the DNS block lists;
+      ``cltname:``/``cltresolve:``) and asks the DNS block lists; for a client the
+      session goes on with, it reads the client's ``smtps_session_conf:`` entry
+      (:mod:`meta1.policy.sessionconf`) and answers with the parsed options, or with
+      ``421 4.3.0`` when the entry cannot be read or is not valid (B33, D-POL-26);
     * at RCPT it asks greylisting last, given a store.
 
     smar runs it with its maps (:class:`~meta1.maps.driver.MapDriver`), its resolver and a
@@ -20,7 +23,9 @@ Responsibilities
 
 Outcomes
     ``"ok"``, ``"refused"`` (the reply is a 4xx/5xx; at connect a 554 — then only QUIT),
-    ``"close"`` (a 421) and ``"discard"`` (accept, then throw away: DISCARD).
+    ``"close"`` (a 421) and ``"discard"`` (accept, then throw away: DISCARD). Besides the
+    reply, ``answer`` gets ``routes`` for an accepted recipient and ``session_conf`` for an
+    accepted client with an ``smtps_session_conf:`` entry.
 
 Loopback clients (D-POL-19)
     Without an access map, a client connecting from a loopback address (127.0.0.0/8,
@@ -44,16 +49,20 @@ from meta1.policy.access import NO_ENTRY, ResolveStatus, client_resolution, forw
 from meta1.policy.checks import connect_plan, dnsbl_needed, mail_plan, rcpt_plan
 from meta1.policy.dnsbl import NOT_LISTED_VERDICT, answer_from_records, dnsbl_verdict, query_name
 from meta1.policy.greylist import check as greylist_check, triplet
+from meta1.policy.plan import Plan
+from meta1.policy.rhs import Stage, failure_reply
 from meta1.policy.route import ERROR_NEXTHOP
 from meta1.policy.session import SessionChecks
+from meta1.policy.sessionconf import session_conf_steps
 from meta1.policy.settings import PolicySettings
 from meta1.smtp.address import parse_forward_path
 from meta1.smtp.replies import R, Reply
 
 log = logging.getLogger("meta1.policy")
 
-#: ``answer(outcome, reply, routes=())``: ``routes``, for an accepted recipient, are its
-#: copies as (next hop, address) pairs (D-POL-21).
+#: ``answer(outcome, reply, routes=(), session_conf=None)``: ``routes``, for an accepted
+#: recipient, are its copies as (next hop, address) pairs (D-POL-21); ``session_conf``, for
+#: an accepted client, the options of its ``smtps_session_conf:`` entry (D-POL-26).
 Answer = Callable[..., object]
 
 
@@ -150,7 +159,8 @@ class PolicyService:
                     answer("refused" if question.stage != "connect" else outcome, reply)
                 else:
                     self.ask(question, answer)
-            self._connect(replace(question, stage="connect"), then)
+            # The session's settings were made at its start: not read again.
+            self._connect(replace(question, stage="connect"), then, session_conf=False)
             return
         if question.stage == "mail":
             self._mail(question, answer)
@@ -163,7 +173,7 @@ class PolicyService:
         self.sessions.pop(session_id, None)
         self._in_transaction.discard(session_id)
 
-    def _connect(self, question: Question, answer: Answer) -> None:
+    def _connect(self, question: Question, answer: Answer, session_conf: bool = True) -> None:
         settings = self.settings(question.server)
         session = SessionChecks(client_addr=question.client_address, hostname=self.hostname,
                                 delay_checks=settings.delay_checks, greylisting=settings.greylisting is not None,
@@ -188,16 +198,38 @@ class PolicyService:
             if is_loopback(question.client_address) and settings.access_map is None:
                 session.grants = replace(session.grants, client=True)     # D-POL-19
             reply = session.connect(check, verdict, name)
-            if reply is None:
-                answer("discard" if session.discard_session else "ok", None)
-            else:
+            outcome = "discard" if session.discard_session else "ok"
+            if reply is not None:
                 answer("close" if reply.code == 421 else "refused", reply)
+            elif session_conf and settings.access_map is not None:
+                self._session_conf(question, settings.access_map, name, outcome, answer)
+            else:
+                answer(outcome, None)
 
         if is_loopback(question.client_address) or self.resolver is None or settings.access_map is None:
             resolved(ResolveStatus.OK if is_loopback(question.client_address) else ResolveStatus.FAIL,
                      "localhost" if is_loopback(question.client_address) else "")
         else:
             self._client_name(question.client_address, resolved)
+
+    def _session_conf(self, question: Question, access_map: str, name: str, outcome: str, answer: Answer) -> None:
+        """The client goes on: its ``smtps_session_conf:`` entry, parsed, goes with the
+        verdict; a failed lookup or a bad value closes the session (B33, D-POL-26)."""
+        plan = Plan(session_conf_steps(access_map, question.client_address, name))
+
+        def looked_up(_result) -> None:
+            found = plan.result
+            if found.failed:
+                log.error("%s: session configuration unusable, session refused: %s", question.session_id,
+                          found.failure)
+                answer("close", failure_reply(Stage.CONNECT, self.hostname))
+                return
+            if found.conf is not None:
+                log.info("%s: session configuration from %s", question.session_id, found.key)
+            answer(outcome, None, session_conf=found.conf)
+
+        if self.driver.run(plan, looked_up):
+            looked_up(plan.result)
 
     def _mail(self, question: Question, answer: Answer) -> None:
         session = self.sessions[question.session_id]

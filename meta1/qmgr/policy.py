@@ -4,9 +4,9 @@ admits each new session first when its configuration map limits connections.
 Responsibilities
     smtps talks only to qmgr and qmgr to smar (DESIGN.md). A :class:`PolicyCheck` that
     arrives on an smtps link goes to smar with qmgr's own request id; the
-    :class:`PolicyVerdict` that comes back goes to the smtps link that asked, with the
-    request id it used. ``stage = "end"`` (a session is over) is passed on and has no
-    answer.
+    :class:`PolicyVerdict` that comes back goes to the smtps link that asked, as it came
+    (routes, session configuration) but with the request id smtps used. ``stage = "end"``
+    (a session is over) is passed on and has no answer.
 
 Admission (``icm:``, ``icr:``; :mod:`meta1.qmgr.admission`, D-POL-22)
     With ``qmgr { config_map }`` every session's connect check comes here first, even when
@@ -95,7 +95,8 @@ class PolicyRelay:
             log.error("smar answered policy check %d, which was not asked", record.request_id)
             return
         link, check = entry
-        self._answer(link, check, record.outcome, record.reply, record.routes)
+        if not link.closed:
+            link.send(dataclasses.replace(record, request_id=check.request_id))
 
     def smar_lost(self) -> None:
         pending, self.pending = self.pending, {}
@@ -109,6 +110,6 @@ class PolicyRelay:
             self.admission.owner_lost(link)
 
     @staticmethod
-    def _answer(link: RecordLink, check: PolicyCheck, outcome: str, reply: str, routes=()) -> None:
+    def _answer(link: RecordLink, check: PolicyCheck, outcome: str, reply: str) -> None:
         if not link.closed:
-            link.send(PolicyVerdict(check.request_id, outcome, reply, routes))
+            link.send(PolicyVerdict(check.request_id, outcome, reply))

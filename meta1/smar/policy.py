@@ -4,7 +4,8 @@ Responsibilities
     Answer every :class:`~meta1.ipc.records.PolicyCheck` (client at connect, sender at
     MAIL, recipient at RCPT) with one :class:`~meta1.ipc.records.PolicyVerdict`, and
     forget a session at its "end". The decisions — the access map and its tags,
-    ``delay_checks``, relaying, local users, aliases, DNSBL, greylisting — are
+    ``delay_checks``, relaying, local users, aliases, DNSBL, greylisting, the
+    ``smtps_session_conf:`` entry at connect, parsed here (D-POL-26) — are
     :class:`meta1.policy.service.PolicyService`'s (spec/policy.md), run here over smar's
     maps (:func:`meta1.maps.driver.open_maps`, a map that cannot be opened answers PERM:
     its checks fail temporarily, they never accept), smar's resolver and the greylisting
@@ -53,11 +54,12 @@ class SmarPolicy:
             self.service.end(record.session_id)
             return
 
-        def answer(outcome: str, reply, routes=()) -> None:
+        def answer(outcome: str, reply, routes=(), session_conf=None) -> None:
             if not link.closed:
                 text = reply if isinstance(reply, str) else reply_line(reply) if reply is not None else ""
                 link.send(PolicyVerdict(record.request_id, outcome, text,
-                                        tuple(ResolvedRecipient(nexthop, address) for nexthop, address in routes)))
+                                        tuple(ResolvedRecipient(nexthop, address) for nexthop, address in routes),
+                                        session_conf))
 
         question = Question(record.session_id, record.stage, record.client_address, record.helo, record.sender,
                             record.recipient, record.relay_granted, record.server or None)

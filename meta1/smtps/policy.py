@@ -23,16 +23,23 @@ Where the verdict comes from
       smar has nothing to check, qmgr answers the connect check itself ("ok", or the
       ``421`` of a refusal) and the checks of the session — connect included — are then
       made here as above (D-POL-22).
+
+The session's own settings
+    A connect verdict may carry the options of the client's ``smtps_session_conf:``
+    entry, parsed and checked by smar (D-POL-26). They become the session's
+    :class:`~meta1.smtps.session.Settings` (:meth:`PolicyClient.session_settings`: this
+    server's section with the entry's options laid over), which the session takes before
+    its greeting.
 """
 
 from __future__ import annotations
 
 import logging
 
-from meta1.ipc.records import PolicyCheck, PolicyVerdict, ResolvedRecipient
+from meta1.ipc.records import PolicyCheck, PolicyVerdict, ResolvedRecipient, SessionConf
 from meta1.smtp import R, reply_from_line
 from meta1.policy.service import NoMaps, PolicyService, Question
-from meta1.smtps.session import CheckPolicy, Outcome
+from meta1.smtps.session import CheckPolicy, Outcome, Settings
 
 log = logging.getLogger("meta1.smtps")
 
@@ -88,14 +95,21 @@ class PolicyClient:
         except (KeyError, ValueError):
             log.error("%s: unusable policy verdict %r %r", session_id, record.outcome, record.reply[:80])
             outcome, reply = Outcome.CLOSE, R.LOCAL_ERROR.format(hostname=self.server.settings.hostname)
-        routes = record.routes
+        routes, settings = record.routes, self.session_settings(record.session_conf)
         if outcome is Outcome.OK and not self.remote:
             # qmgr admitted the session; the checks are ours (module docstring).
             connection = self.server.connection_of(session_id)
             if connection is None or connection.session is None:
                 return
-            outcome, reply, routes = self._decide_here(connection.session, request)
-        self._deliver(session_id, outcome, reply, routes)
+            outcome, reply, routes, settings = self._decide_here(connection.session, request)
+        self._deliver(session_id, outcome, reply, routes, settings)
+
+    def session_settings(self, conf: SessionConf | None) -> Settings | None:
+        """The settings of a session whose client has an ``smtps_session_conf:`` entry:
+        this server's, with the options smar parsed and checked laid over (D-POL-26)."""
+        if conf is None:
+            return None
+        return Settings.from_config(self.server.node, self.server.settings.hostname, conf)
 
     def link_lost(self) -> None:
         for request_id in list(self.pending):
@@ -116,8 +130,9 @@ class PolicyClient:
         verdict: list = []
         self.local.ask(Question(session.id, request.stage, session.client_address, session.helo or "",
                                 request.sender, request.recipient, False, self.server.name),
-                       lambda outcome, reply, routes=(): verdict.append(
-                           (OUTCOMES[outcome], reply, tuple(ResolvedRecipient(*route) for route in routes))))
+                       lambda outcome, reply, routes=(), session_conf=None: verdict.append(
+                           (OUTCOMES[outcome], reply, tuple(ResolvedRecipient(*route) for route in routes),
+                            self.session_settings(session_conf))))
         return verdict[0]
 
     def _expire(self, request_id: int) -> None:
@@ -137,7 +152,7 @@ class PolicyClient:
         outcome, line = UNAVAILABLE[stage]
         return outcome, reply_from_line(line)
 
-    def _deliver(self, session_id: str, outcome: Outcome, reply, routes=()) -> None:
+    def _deliver(self, session_id: str, outcome: Outcome, reply, routes=(), settings=None) -> None:
         connection = self.server.connection_of(session_id)
         if connection is not None and connection.session is not None:
-            connection.apply(connection.session.policy_result(outcome, reply, routes))
+            connection.apply(connection.session.policy_result(outcome, reply, routes, settings))

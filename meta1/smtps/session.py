@@ -15,7 +15,8 @@ The interface (sans-I/O)
         session.start()                  -> greeting
         session.receive(bytes)           -> replies, content effects, possibly a commit
         session.commit_result(ok, why)   -> the reply to the final dot / last chunk
-        session.policy_result(outcome, reply, routes) -> the answer a CheckPolicy waited for
+        session.policy_result(outcome, reply, routes, settings)
+                                         -> the answer a CheckPolicy waited for
         session.timeout() / eof() / shutdown()
 
     Effects: :class:`Send` (bytes for the client), :class:`Close` (after the output is
@@ -47,6 +48,12 @@ Strategies
     * An accepted recipient's verdict carries its routes, one per copy (an alias expands
       into several): each is queued as a recipient with its next hop; a copy already
       queued for that address and next hop is not queued again (D-POL-21).
+    * A client with an ``smtps_session_conf:`` entry gets its own :class:`Settings` with the
+      connect verdict (D-POL-26): they replace the server's before the greeting, so EHLO's
+      keywords, SIZE, the limits and the timeout are the entry's for the whole session.
+      Without PIPELINING advertised a client must not pipeline (RFC 2920 §3); one that
+      does anyway is still read and answered in order, one reply per command, like
+      any client whose commands arrive together.
     * Every reply of class 4 or 5 to a command counts toward ``max_errors_per_session``,
       except 452 for too many recipients, which is flow control (RFC 5321 §4.5.3.1.10).
 """
@@ -59,8 +66,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from meta1.ipc.records import Recipient, ResolvedRecipient, Transaction
+from meta1.ipc.records import Recipient, ResolvedRecipient, SessionConf, Transaction
 from meta1.machine import Machine, TraceSink
+from meta1.policy.sessionconf import session_values
 from meta1.smtp import (ContentScanner, DataDecoder, Extensions, LineFramer, MailArgs, R,
                         Reply, SMTPError, comment_safe, format_date,
                         parse_mail, parse_rcpt, printable)
@@ -120,9 +128,11 @@ class Outcome(enum.Enum):
 
 
 Effect = Send | Close | OpenContent | WriteContent | DiscardContent | CommitContent
-#: (outcome, reply) or (outcome, reply, routes): an accepted recipient's copies, each with
-#: its next hop (D-POL-21); without routes the recipient is queued as given, unrouted.
-Verdict = tuple[Outcome, "Reply | None"] | tuple[Outcome, "Reply | None", tuple[ResolvedRecipient, ...]]
+#: (outcome, reply), (outcome, reply, routes) or (outcome, reply, routes, settings): an
+#: accepted recipient's copies, each with its next hop (D-POL-21; without routes the
+#: recipient is queued as given, unrouted); an accepted client's own settings (D-POL-26).
+Verdict = (tuple[Outcome, "Reply | None"] | tuple[Outcome, "Reply | None", tuple[ResolvedRecipient, ...]]
+           | tuple[Outcome, "Reply | None", tuple[ResolvedRecipient, ...], "Settings | None"])
 
 
 class Services(Protocol):
@@ -162,14 +172,18 @@ class Settings:
     smtputf8: bool = True
 
     @classmethod
-    def from_config(cls, node, hostname: str) -> "Settings":
-        flags = node.flags
-        return cls(hostname=hostname, io_timeout=float(node.io_timeout),
-                   max_message_size=node.max_message_size,
-                   max_rcpts=node.max_rcpts_per_transaction,
-                   max_errors=node.max_errors_per_session, max_junk=node.max_junk_commands,
-                   max_command_line_length=node.max_command_line_length,
-                   max_data_line_length=node.max_data_line_length,
+    def from_config(cls, node, hostname: str, conf: SessionConf | None = None) -> "Settings":
+        """The settings of an smtps section (``node``); with ``conf``, those of a session
+        whose client has an ``smtps_session_conf:`` entry (D-POL-26): the section's values
+        with the entry's laid over."""
+        values = node.values if conf is None else session_values(node.values, conf)
+        flags = values["flags"]
+        return cls(hostname=hostname, io_timeout=float(values["io_timeout"]),
+                   max_message_size=values["max_message_size"],
+                   max_rcpts=values["max_rcpts_per_transaction"],
+                   max_errors=values["max_errors_per_session"], max_junk=values["max_junk_commands"],
+                   max_command_line_length=values["max_command_line_length"],
+                   max_data_line_length=values["max_data_line_length"],
                    eightbitmime=flags["8bitmime"], pipelining=flags["pipelining"],
                    chunking=flags["chunking"], dsn=flags["dsn"],
                    # RFC 6531 §3.1: a server announcing SMTPUTF8 must announce 8BITMIME.
@@ -275,10 +289,12 @@ class Session(ServerSession):
         return self._take()
 
     def policy_result(self, outcome: Outcome, reply: Reply | None = None,
-                      routes: tuple[ResolvedRecipient, ...] = ()) -> list[Effect]:
+                      routes: tuple[ResolvedRecipient, ...] = (),
+                      settings: Settings | None = None) -> list[Effect]:
         """The verdict :meth:`Services.policy` did not know at once; ``reply`` for REFUSED
-        and CLOSE, ``routes`` for an accepted recipient."""
-        self._fire(self._verdict_input(outcome, reply, routes))
+        and CLOSE, ``routes`` for an accepted recipient, ``settings`` for an accepted
+        client with its own (an ``smtps_session_conf:`` entry, D-POL-26)."""
+        self._fire(self._verdict_input(outcome, reply, routes, settings))
         self._process()
         return self._take()
 
@@ -517,7 +533,9 @@ class Session(ServerSession):
         return None if verdict is None else self._verdict_input(*verdict)
 
     def _verdict_input(self, outcome: Outcome, reply: Reply | None,
-                       routes: tuple[ResolvedRecipient, ...] = ()) -> Input:
+                       routes: tuple[ResolvedRecipient, ...] = (), settings: Settings | None = None) -> Input:
+        if settings is not None and self.state is State.CHECKING_CLIENT and outcome in (Outcome.OK, Outcome.DISCARD):
+            self._use_settings(settings)
         if outcome is not Outcome.REFUSED and outcome is not Outcome.CLOSE and self.tx is not None and \
                 self.state in (State.CHECKING_FIRST_RCPT, State.CHECKING_RCPT) and \
                 len(self.tx.recipients) + max(1, len(routes)) > min(self.settings.max_rcpts, MAX_RECIPIENT_INDEX + 1):
@@ -534,6 +552,16 @@ class Session(ServerSession):
         self._policy_reply = reply
         return {Outcome.OK: Input.POLICY_OK, Outcome.REFUSED: Input.POLICY_REFUSED,
                 Outcome.CLOSE: Input.POLICY_CLOSE}[outcome]
+
+    def _use_settings(self, settings: Settings) -> None:
+        """The client's own settings (D-POL-26), taken before the greeting, so that the
+        whole dialogue obeys them: EHLO's keywords and SIZE, the limits, the timeout."""
+        log.info("%s: session settings of the client's smtps_session_conf: entry", self.id)
+        self.settings = settings
+        # The line limit is the framer's: a new one, with whatever the client sent early.
+        early = self.framer.take_rest()
+        self.framer = LineFramer(settings.max_command_line_length)
+        self.framer.feed(early)
 
     def _do_refuse_by_policy(self, _):
         reply = self._policy_reply or R.LOCAL_ERROR.format(hostname=self.settings.hostname)
