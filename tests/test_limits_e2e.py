@@ -1,14 +1,15 @@
 """qmgr's configuration map through the real daemons: incoming connection limits counted
 by qmgr across smtps processes (icm:, icr:; B56), a failing map (421 4.3.0), a socket map
-answered off qmgr's loop and cached, and the outgoing limit per server address (ocm:;
-B69) seen at a peer that counts its open connections."""
+answered off qmgr's loop and cached, and the outgoing limits per server address (ocm:,
+B69; ocr:) seen at a peer that counts its connections."""
 
 from __future__ import annotations
 
+import json
 import threading
 
-from delivery_support import WAIT, world  # noqa: F401 (fixture)
-from mta import MTA, SMTPClient, wait_for
+from delivery_support import WAIT, ScriptedPeer, world  # noqa: F401 (fixture)
+from mta import MTA, TRACE_FILE, SMTPClient, wait_for
 from sockmap_support import SockmapServer, table_handler
 
 MESSAGE = b"From: a@home.test\r\nSubject: limits\r\n\r\nbody\r\n"
@@ -108,14 +109,22 @@ def test_a_socket_map_answers_off_the_loop_and_is_cached(tmp_path) -> None:
         assert len(server.requests) == len(asked)
 
 
-def test_ocm_limits_the_parallel_connections_to_a_server_b69(world) -> None:  # noqa: F811 (fixture)
-    world.zone("far.test", "127.0.0.1")
+def held_peer_behind(world, entry: str, domains: list[str]) -> tuple[ScriptedPeer, threading.Event]:  # noqa: F811
+    """meta1 with ``entry`` in qmgr's configuration map, sending ``domains`` to a peer on
+    127.0.0.1 that holds its reply to each message until the event is set (its sessions
+    pile up meanwhile). Without the entry up to eight deliveries would start at once."""
+    for domain in domains:
+        world.zone(domain, "127.0.0.1")
     hold = threading.Event()
     peer = world.peer(hold=hold)
-    # Without the entry up to eight deliveries would start at once (and idle sessions stay open).
     world.start(qmgr="min_queue_delay = 1h; config_map = conf; "
                      "smtpc { initial_connections = 8; max_connections = 8; }",
-                smar='map conf { type = inline; entries = { "ocm:127.0.0.1 2" }; }')
+                smar=f'map conf {{ type = inline; entries = {{ "{entry}" }}; }}')
+    return peer, hold
+
+
+def test_ocm_limits_the_parallel_connections_to_a_server_b69(world) -> None:  # noqa: F811 (fixture)
+    peer, hold = held_peer_behind(world, "ocm:127.0.0.1 2", ["far.test"])      # idle sessions stay open too
     try:
         for n in range(6):
             assert world.send("a@home.test", [f"r{n}@far.test"], MESSAGE) == {}
@@ -127,3 +136,34 @@ def test_ocm_limits_the_parallel_connections_to_a_server_b69(world) -> None:  # 
     peer.wait(6)
     world.wait_empty()
     assert peer.max_open == 2
+
+
+def recipients_through(world, step: str) -> set[str]:  # noqa: F811 (fixture)
+    """The recipients qmgr's scheduler has moved by ``step`` (an input of the
+    qmgr-recipient table), from the run's trace."""
+    trace = world.mta.queue / TRACE_FILE
+    records = (json.loads(line) for line in trace.read_text().splitlines()) if trace.exists() else ()
+    return {r["id"] for r in records if r.get("machine") == "qmgr-recipient" and r["input"] == step}
+
+
+def test_ocr_limits_new_connections_per_minute_and_reuse_is_not_one(world) -> None:  # noqa: F811 (fixture)
+    # Without the entry five deliveries would start at once, each on a new connection.
+    peer, hold = held_peer_behind(world, "ocr:127.0.0.1 2", [f"d{n}.test" for n in range(5)])
+    try:
+        for n in range(5):
+            assert world.send("a@home.test", [f"r{n}@d{n}.test"], MESSAGE) == {}
+        # Every recipient has its route (and so its chance at a connection) ...
+        wait_for(lambda: len(recipients_through(world, "ROUTED")) == 5, timeout=WAIT, what="five routes")
+        wait_for(lambda: peer.open_now >= 2, timeout=WAIT, what="sessions held at the peer")
+        # ... and two of them have one; the others wait in qmgr, never tried.
+        assert len(recipients_through(world, "DISPATCH")) == 2 and peer.connections == 2
+        waiting = [r for message in world.mta.mailq() for r in message["recipients"]]
+        assert sorted((r["state"], r["attempts"]) for r in waiting) == [("queued", 0)] * 5
+    finally:
+        hold.set()
+    peer.wait(5)
+    world.wait_empty()
+    # The three that waited went over the two sessions smtpc kept open: no new connection.
+    assert peer.connections == 2
+    assert world.qmgr_log().count("(reusing a session)") == 3
+    assert world.deferred() == []

@@ -11,10 +11,10 @@ from meta1.ipc.records import PolicyCheck, PolicyVerdict
 from meta1.maps.base import MapResult, Status, found, NOT_FOUND
 from meta1.maps.driver import MapDriver
 from meta1.maps.local import InlineMap
-from meta1.policy.limits import INCOMING, MAX_LIMIT
+from meta1.policy.limits import INCOMING, MAX_LIMIT, OUTGOING
 from meta1.qmgr.admission import Admission, ConnectionCounts
-from meta1.qmgr.destinations import Destinations
-from meta1.qmgr.limits import CACHE_TTL, OUTGOING_APPLIED, UNKNOWN_LIMITS, LimitsLookup, OutgoingLimits
+from meta1.qmgr.destinations import ConnectionLimits, Destinations
+from meta1.qmgr.limits import CACHE_TTL, UNKNOWN_LIMITS, LimitsLookup, OutgoingLimits
 from meta1.qmgr.policy import PolicyRelay
 
 
@@ -108,16 +108,18 @@ def test_old_entries_are_pruned_when_the_cache_has_doubled() -> None:
 # -- OutgoingLimits ---------------------------------------------------------------------------
 
 def outgoing(driver, clock=None) -> OutgoingLimits:
-    return OutgoingLimits(LimitsLookup(driver, "conf", OUTGOING_APPLIED, clock=clock or Clock()), 4, 20)
+    return OutgoingLimits(LimitsLookup(driver, "conf", OUTGOING, clock=clock or Clock()), 4, 20)
 
 
-def test_connection_limits_from_oci_and_ocm_with_0_as_no_limit_b69() -> None:
+def test_connection_limits_from_oci_ocm_and_ocr_with_0_as_no_limit_b69() -> None:
     limits = outgoing(inline("ocm:192.0.2.1 2", "oci:192.0.2.2 1", "ocm:192.0.2.3 0", "oci:192.0.2.4 0",
-                             "oct:192.0.2.5 30"))
-    assert limits.connection_limits("192.0.2.1") == (4, 2)     # Destinations caps initial at max
-    assert limits.connection_limits("192.0.2.2") == (1, 20)
-    assert limits.connection_limits("192.0.2.3") == (4, MAX_LIMIT)
-    assert limits.connection_limits("192.0.2.4") == (20, 20)   # no slow start
+                             "oct:192.0.2.5 30", "ocr:192.0.2.6 10", "ocr:192.0.2.7 0", "ocr:192.0.2.1 3"))
+    assert limits.connection_limits("192.0.2.1") == ConnectionLimits(4, 2, 3)   # Destinations caps initial at max
+    assert limits.connection_limits("192.0.2.2") == ConnectionLimits(1, 20)
+    assert limits.connection_limits("192.0.2.3") == ConnectionLimits(4, MAX_LIMIT)
+    assert limits.connection_limits("192.0.2.4") == ConnectionLimits(20, 20)   # no slow start
+    assert limits.connection_limits("192.0.2.6") == ConnectionLimits(4, 20, 10)  # a rate and the defaults
+    assert limits.connection_limits("192.0.2.7") is None       # ocr: 0 is no rate: the defaults
     assert limits.connection_limits("192.0.2.5") is None       # the section's defaults
     assert limits.connect_timeout("192.0.2.5") == 30
     assert limits.connect_timeout("192.0.2.1") == 0
@@ -127,16 +129,16 @@ def test_connection_limits_from_oci_and_ocm_with_0_as_no_limit_b69() -> None:
 def test_destinations_take_the_initial_window_and_the_maximum_from_the_map() -> None:
     limits = outgoing(inline("oci:192.0.2.1 1", "ocm:192.0.2.1 2"))
     destinations = Destinations(4, 20, limits.connection_limits)
-    first = destinations.plan(["192.0.2.1"], 5)
-    destinations.take(first)
-    assert destinations.plan(["192.0.2.1"], 5) is None           # slow start: one at first
+    first = destinations.plan(["192.0.2.1"], 5, 0)
+    destinations.take(first, 0)
+    assert destinations.plan(["192.0.2.1"], 5, 0) is None           # slow start: one at first
     destinations.opened("192.0.2.1")
     destinations.succeeded("192.0.2.1")
-    destinations.take(destinations.plan(["192.0.2.1"], 5))
+    destinations.take(destinations.plan(["192.0.2.1"], 5, 0), 0)
     destinations.opened("192.0.2.1")
     destinations.succeeded("192.0.2.1")
     assert destinations.get("192.0.2.1").window == 2             # ocm: never above two
-    assert destinations.plan(["192.0.2.1"], 5) is None
+    assert destinations.plan(["192.0.2.1"], 5, 0) is None
 
 
 def test_a_route_waits_for_a_slow_map_and_a_failure_defers_it() -> None:
@@ -148,12 +150,23 @@ def test_a_route_waits_for_a_slow_map_and_a_failure_defers_it() -> None:
     assert limits.connection_limits("192.0.2.9") == UNKNOWN_LIMITS   # unknown, and it cannot be known now
     slow.answer_all({"ocm:192.0.2.1": found("2")})
     assert ready == [None]
-    assert limits.connection_limits("192.0.2.1") == (4, 2)           # known: no lookup needed
+    assert limits.connection_limits("192.0.2.1") == ConnectionLimits(4, 2)   # known: no lookup needed
     limits.route_ready(["192.0.2.1"], ready.append)                  # fresh: at once
     assert ready == [None, None]
     limits.route_ready(["192.0.2.3"], ready.append)
     slow.answer_all({"oci:192.0.2.3": found("many")})
     assert ready[-1].startswith("configuration map: oci:192.0.2.3: not a number")
+
+
+def test_ocr_is_looked_up_with_the_other_outgoing_tags_and_a_failure_defers_the_route() -> None:
+    limits = outgoing(inline("ocr:192.0.2. 5", "ocr:192.0.2.2 fast"))
+    ready: list = []
+    limits.route_ready(["192.0.2.1"], ready.append)
+    assert ready == [None]
+    assert set(limits.lookup.cache["192.0.2.1"][0].values) == set(OUTGOING)     # one entry, every tag
+    assert limits.connection_limits("192.0.2.1") == ConnectionLimits(4, 20, 5)
+    limits.route_ready(["192.0.2.2"], ready.append)               # D-POL-25: never with limits unknown
+    assert ready[-1] == "configuration map: ocr:192.0.2.2: not a number 0..1000000: 'fast'"
 
 
 def test_a_map_that_answers_at_once_makes_a_route_ready_at_once() -> None:

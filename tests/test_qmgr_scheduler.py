@@ -7,7 +7,7 @@ import pytest
 from meta1.config import load_text
 from meta1.machine import ProtocolViolation
 from meta1.qmgr.scheduler import (
-    NO_RESULT_REPLY, SECOND, Bounce, Delete, DelayWarning, DeliveryAgentLost, DeliveryEnded,
+    NO_RESULT_REPLY, SECOND, Bounce, ConnectionLimits, Delete, DelayWarning, DeliveryAgentLost, DeliveryEnded,
     Final, Flush, Hold, MessageKind, RecipientEntry, RecipientOutcome, RecordDeferred, RecordDone,
     RecordHold, Release, ResolveRoute, Scheduler, SchedulerConfig, SchedulerError, SessionClosed,
     StartDelivery, Tick, TransactionArrived, TransactionDone,
@@ -114,7 +114,7 @@ def test_dsn_is_not_held_back_by_deferred_siblings():
 
 def test_b59_full_primary_mx_sends_the_next_message_to_the_secondary():
     # ocm: A = 1 (the qmgr config map's per-address limit)
-    h = Harness(limits=lambda address: (1, 1) if address == A1 else None)
+    h = Harness(limits=lambda address: ConnectionLimits(1, 1) if address == A1 else None)
     h.arrive("T1", "example.net")
     first = one_start(h.route("example.net", (10, [A1]), (20, [B1])))
     assert first.addresses == (A1, B1)  # smtpc may fall back to B
@@ -195,6 +195,170 @@ def test_idle_session_is_reused_and_closing_it_frees_the_slot():
     assert A1 not in h.scheduler.destinations.addresses  # nothing open: forgotten
     third = one_start(h.arrive("T3", "example.net"))
     assert not third.reuse
+
+
+# -- ocr: new connections per address per rate window ------------------------------------------
+
+WINDOW = 60  # seconds: ocr:'s window (D-POL-16), the scheduler's default rate_window
+
+
+def rated(rate: int, *addresses: str):
+    """The scheduler's limits hook: ``ocr: rate`` for ``addresses`` (A1 if none), ten
+    connections at once so that only the rate can block."""
+    return lambda address: ConnectionLimits(10, 10, rate) if address in (addresses or (A1,)) else None
+
+
+def dispatch_times(rate: int, arrivals: list[int]) -> list[int]:
+    """Messages to distinct next hops on A1 arrive at ``arrivals`` (seconds); each delivery
+    connects and ends at once, closing its session; the clock moves only to the next arrival
+    or the scheduler's own wake-up. When each delivery started (seconds)."""
+    h = Harness(limits=rated(rate))
+    start = h.now
+    pending = sorted(arrivals)
+    started: list[int] = []
+    n = 0
+    while pending or h.scheduler.next_wakeup is not None:
+        wakeup = h.scheduler.next_wakeup
+        if pending and (wakeup is None or start + pending[0] * SECOND <= wakeup):
+            h.now = start + pending.pop(0) * SECOND
+            actions = h.route(f"d{n}.example", (10, [A1])) + h.arrive(f"T{n}", f"d{n}.example")
+            n += 1
+        else:
+            actions = h.wake()
+        while deliveries := h.of(StartDelivery, actions):
+            started += [(h.now - start) // SECOND] * len(deliveries)
+            actions = [a for delivery in deliveries for a in h.end(delivery, kept_open=False)]
+    assert len(h.of(TransactionDone)) == len(arrivals)
+    return started
+
+
+@pytest.mark.parametrize("rate, arrivals, started", [
+    (2, [0, 0, 0, 0, 0], [0, 0, 60, 60, 120]),            # two per window, then each waits its turn
+    (2, [0, 10, 20, 30], [0, 10, 60, 70]),                # room returns as each one leaves the window
+    (1, [0, 59, 60, 61], [0, 60, 120, 180]),              # at exactly the window's end, not before
+    (3, [0, 100, 100, 100, 100], [0, 100, 100, 100, 160]),  # an old connection no longer counts
+    (0, [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]),                # ocr: 0 is no limit (D-POL-16)
+])
+def test_ocr_at_most_n_new_connections_per_window(rate, arrivals, started):
+    assert dispatch_times(rate, arrivals) == started
+
+
+def test_ocr_room_returns_exactly_when_the_oldest_connection_leaves_the_window():
+    h = Harness(limits=rated(2))
+    first_at = h.now
+    for n in range(3):
+        h.arrive(f"T{n}", "example.net")
+    first, second = h.of(StartDelivery, routed(h))
+    h.advance(5)
+    h.end(first, kept_open=False)
+    h.end(second, kept_open=False)
+    assert h.scheduler.state_of("T2-0000") is State.READY     # two in the window: blocked
+    assert h.scheduler.next_wakeup == first_at + WINDOW * SECOND
+    assert h.of(StartDelivery, h.advance(to=first_at + WINDOW * SECOND - 1)) == []
+    third = one_start(h.wake())
+    assert third.ta_id == "T2" and not third.reuse
+    assert h.scheduler.next_wakeup is None                     # nothing waits: no timer
+
+
+def test_ocr_reusing_an_idle_session_is_no_new_connection():
+    h = Harness(limits=rated(1))
+    h.arrive("T1", "example.net")
+    first = one_start(routed(h))
+    h.end(first, kept_open=True)
+    second = one_start(h.arrive("T2", "example.net"))          # the rate is used up: reuse still goes
+    assert second.reuse
+    assert h.of(StartDelivery, h.arrive("T3", "example.net")) == []   # a new connection would not
+    third = one_start(h.end(second, kept_open=True))           # the session is idle again: T3 takes it
+    assert third.ta_id == "T3" and third.reuse
+    assert len(h.scheduler.destinations.get(A1).counted_until) == 1   # one new connection in all
+
+
+def test_ocr_sends_to_the_next_preference_while_the_first_is_used_up_b59():
+    h = Harness(limits=rated(1, A1))
+    h.arrive("T1", "example.net")
+    first = one_start(h.route("example.net", (10, [A1]), (20, [B1])))
+    assert first.addresses == (A1, B1)
+    h.connected(first, A1)                       # B1 was not tried: its count is given back
+    second = one_start(h.arrive("T2", "example.net"))
+    assert second.addresses == (B1,)             # A1's rate is used up: B1 at once, no waiting
+    h.end(first, kept_open=False)
+    h.end(second, kept_open=False)
+    h.advance(WINDOW)
+    assert one_start(h.arrive("T3", "example.net")).addresses == (A1, B1)   # the preferred again
+
+
+def test_ocr_an_unused_reservation_is_given_back_a_failed_attempt_is_not():
+    h = Harness(limits=rated(1, A1, A2, B1))
+    began = h.now
+    h.arrive("T1", "example.net")
+    first = one_start(h.route("example.net", (10, [A1]), (20, [A2]), (30, [B1])))
+    assert first.addresses == (A1, A2, B1)
+    h.connected(first, A2, failed=[A1])          # A1 tried and not reached, A2 reached, B1 never tried
+    second = one_start(h.arrive("T2", "example.net"))
+    assert second.addresses == (B1,)             # A1 and A2 each had their new connection
+    h.end(second, address=None, status=TEMPORARY, failed=[B1])
+    assert h.of(StartDelivery, h.arrive("T3", "example.net")) == []   # B1 was tried: it counts
+    assert h.scheduler.next_wakeup == began + WINDOW * SECOND
+
+
+def test_ocr_a_next_hop_waiting_for_rate_room_goes_before_one_ready_since():
+    h = Harness(limits=rated(1))
+    began = h.now
+    for n in range(3):
+        h.route(f"d{n}.example", (10, [A1]))
+    h.end(one_start(h.arrive("T0", "d0.example")), kept_open=False)
+    h.advance(10)
+    h.arrive("T1", "d1.example")                               # waits for A1's rate room
+    h.now = began + (WINDOW + 1) * SECOND                      # the timer is late: mail comes first
+    start = one_start(h.arrive("T2", "d2.example"))
+    assert start.ta_id == "T1" and h.scheduler.state_of("T2-0000") is State.READY
+
+
+def test_ocr_next_wakeup_is_the_earlier_of_a_retry_and_rate_room():
+    h = Harness(limits=rated(1), min_queue_delay=30 * SECOND, max_queue_delay=60 * SECOND)
+    began = h.now
+    h.arrive("T1", "a.example", "b.example")
+    h.route("b.example", (10, [B1]))
+    a = one_start(h.route("a.example", (10, [A1])))
+    h.arrive("T2", "a.example")                                # blocked on A1's rate
+    b = only([s for s in h.of(StartDelivery) if s.nexthop == "b.example"])
+    h.end(b, status=TEMPORARY)                                 # retried in 30 s
+    assert h.scheduler.next_wakeup == began + 30 * SECOND
+    h.end(a, kept_open=False)
+    h.wake()                                                   # the retry goes to B1
+    assert h.scheduler.next_wakeup == began + WINDOW * SECOND  # then A1's rate room
+    assert one_start(h.wake()).ta_id == "T2"
+
+
+def test_ocr_counts_survive_the_loss_of_the_delivery_agent():
+    h = Harness(limits=rated(1), min_queue_delay=10 * SECOND)
+    began = h.now
+    h.arrive("T1", "example.net")
+    one_start(routed(h))
+    h.send(DeliveryAgentLost())               # which addresses smtpc tried is unknown: still counted
+    retry = h.advance(10)
+    assert h.of(StartDelivery, retry) == [] and h.scheduler.state_of("T1-0000") is State.READY
+    assert h.scheduler.next_wakeup == began + WINDOW * SECOND
+
+
+def test_ocr_entries_kept_for_their_counts_are_swept_once_the_window_has_passed():
+    from meta1.qmgr import destinations as module
+    h = Harness(limits=lambda address: ConnectionLimits(1, 1, 1))
+    for n in range(module.PRUNE_MIN):
+        address = f"10.0.{n // 256}.{n % 256}"
+        h.route(f"d{n}.example", (10, [address]))
+        h.end(one_start(h.arrive(f"T{n}", f"d{n}.example")), kept_open=False)
+    assert len(h.scheduler.destinations.addresses) == module.PRUNE_MIN   # each still counts
+    h.advance(WINDOW)
+    h.route("last.example", (10, [B1]))
+    h.arrive("L", "last.example")
+    assert list(h.scheduler.destinations.addresses) == [B1]
+
+
+def test_the_rate_window_is_a_positive_scheduler_parameter():
+    assert SchedulerConfig().rate_window == WINDOW * SECOND
+    with pytest.raises(ValueError):
+        Scheduler(SchedulerConfig(rate_window=0))
 
 
 # -- backoff and lifetime ----------------------------------------------------------------------

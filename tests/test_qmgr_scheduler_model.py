@@ -10,7 +10,8 @@ recipients are final — and after every step checks them against the scheduler 
 
 * each recipient is in exactly one state, and in the queue that state implies;
 * no address ever has more open sessions than its ``max_connections``; a session is
-  reused only when one is idle;
+  reused only when one is idle; an address with an ``ocr:`` rate is tried on at most
+  that many new connections in any rate window (counted when qmgr started them);
 * nothing due is left unscheduled when there is capacity (AQ room, a free slot);
 * a delivered, bounced or deleted recipient is never scheduled or recorded again; B57
   holds (``was_deferred`` exactly when a DEFEDB record was written);
@@ -21,7 +22,8 @@ recipients are final — and after every step checks them against the scheduler 
 
 A second machine checks that the scheduler refines ``spec/models/scheduler.py`` (issue 7):
 driven within the model's bounds, every step it takes is one the model allows, so the
-model's proofs — limits, the AQ bound, no starvation — speak of this code.
+model's proofs — limits, the ``ocr:`` rate, the AQ bound, no starvation — speak of this
+code.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from meta1.qmgr.scheduler import (
-    SECOND, Bounce, Connected, Delete, DelayWarning, DeliveryAgentLost, DeliveryEnded, Exchanger, Final,
+    SECOND, Bounce, Connected, ConnectionLimits, Delete, DelayWarning, DeliveryAgentLost, DeliveryEnded, Exchanger, Final,
     Flush, Hold, MessageKind, RecipientEntry, RecipientOutcome, RecordDeferred, RecordDone, RecordHold,
     Release, ResolveRoute, RouteFailed, RouteResolved, Scheduler, SchedulerConfig, SessionClosed,
     StartDelivery, Status, Tick, TransactionArrived, TransactionDone,
@@ -45,13 +47,15 @@ KINDS = (MessageKind.ORIGINAL, MessageKind.DSN, MessageKind.DOUBLE_BOUNCE)
 NEXTHOPS = ("a.example", "b.example", "c.example")
 ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
 TIGHT = "10.0.0.1"  # ocm: 1 for this one (B59)
+RATED = "10.0.0.2"  # ocr: 2 for this one; the fair driver's routes go there too
+RATE = 2
 START = 2_000_000_000 * SECOND
 REPLIES = {Status.DELIVERED: "250 2.0.0 ok", Status.TEMPORARY: "451 4.3.0 later",
            Status.PERMANENT: "550 5.1.1 unknown"}
 
 
-def limits(address: str) -> tuple[int, int] | None:
-    return (1, 1) if address == TIGHT else None
+def limits(address: str) -> ConnectionLimits | None:
+    return {TIGHT: ConnectionLimits(1, 1), RATED: ConnectionLimits(1, 3, RATE)}.get(address)
 
 
 class SchedulerModel(RuleBasedStateMachine):
@@ -70,9 +74,10 @@ class SchedulerModel(RuleBasedStateMachine):
         self.now = START
         self.count = 0
         self.pending_routes: set[str] = set()
-        self.flight: dict[int, dict] = {}  # delivery id -> {"start", "address"}
+        self.flight: dict[int, dict] = {}  # delivery id -> {"start", "address", "at"}
         self.open: dict[str, int] = {}     # sessions smtpc has open (busy or idle)
         self.idle: dict[str, int] = {}
+        self.tried_rated: list[int] = []   # when each delivery that tried RATED was started
         self.transactions: dict[str, dict] = {}  # ta id -> {"sender", "level", "rcpts"}
         self.final: set[str] = set()
         self.defedb: set[str] = set()
@@ -129,12 +134,22 @@ class SchedulerModel(RuleBasedStateMachine):
             address = start.addresses[0]
             assert self.idle.get(address, 0) > 0, "reuse of a session that is not idle"
             self.idle[address] -= 1
-        self.flight[start.delivery_id] = {"start": start, "address": address}
+        self.flight[start.delivery_id] = {"start": start, "address": address, "at": self.now}
+
+    def tried(self, delivery_id: int, addresses) -> None:
+        """smtpc tried ``addresses`` for a delivery on a new connection: RATED's rate holds."""
+        if RATED not in addresses:
+            return
+        self.tried_rated.append(self.flight[delivery_id]["at"])
+        times = sorted(self.tried_rated)
+        window = self.config.rate_window
+        for n, first in enumerate(times):
+            assert sum(t < first + window for t in times[n:]) <= RATE, f"{RATED}: over ocr: {times}"
 
     def session_opened(self, address: str) -> None:
         self.open[address] = self.open.get(address, 0) + 1
         limit = limits(address)
-        most = limit[1] if limit else self.config.max_connections
+        most = limit.maximum if limit else self.config.max_connections
         assert self.open[address] <= most, f"{address}: {self.open[address]} sessions, limit {most}"
 
     def session_gone(self, address: str) -> None:
@@ -195,6 +210,7 @@ class SchedulerModel(RuleBasedStateMachine):
         delivery_id = data.draw(st.sampled_from(self.connecting()))
         plan = self.flight[delivery_id]["start"].addresses
         index = data.draw(st.integers(0, len(plan) - 1))
+        self.tried(delivery_id, plan[:index + 1])
         self.flight[delivery_id]["address"] = plan[index]
         self.session_opened(plan[index])
         self.send(Connected(delivery_id, plan[index], plan[:index]))
@@ -203,9 +219,12 @@ class SchedulerModel(RuleBasedStateMachine):
     @rule(data=st.data(), kept_open=st.booleans(), reach=st.booleans())
     def end(self, data, kept_open, reach):
         delivery_id = data.draw(st.sampled_from(sorted(self.flight)))
-        flight = self.flight.pop(delivery_id)
+        flight = self.flight[delivery_id]
         start: StartDelivery = flight["start"]
         address, failed = flight["address"], ()
+        if address is None:  # every address of the plan, or all but the last, failed
+            self.tried(delivery_id, start.addresses)
+        del self.flight[delivery_id]
         if address is None and reach:  # connected and finished without a separate report
             address = start.addresses[-1]
             self.session_opened(address)
@@ -308,11 +327,13 @@ class SchedulerModel(RuleBasedStateMachine):
                 self.send(RouteResolved(nexthop, (Exchanger(10, "mx", (ADDRESSES[1],)),),
                                         self.now + 10_000 * SECOND))
             for delivery_id in sorted(self.flight):
-                flight = self.flight.pop(delivery_id)
+                flight = self.flight[delivery_id]
                 start = flight["start"]
                 address = flight["address"] or start.addresses[0]
                 if flight["address"] is None:
+                    self.tried(delivery_id, (address,))
                     self.session_opened(address)
+                del self.flight[delivery_id]
                 status = Status.DELIVERED if succeed else Status.TEMPORARY
                 self.session_gone(address)
                 self.send(DeliveryEnded(delivery_id, address, False, tuple(
@@ -336,6 +357,7 @@ SCHEDULER_MODEL, SCHEDULER_BOUNDS = load_model("scheduler")
 #: The model's destinations as next hops, each with one server address.
 NEXTHOP_OF = {destination: f"{destination}.example" for destination in SCHEDULER_BOUNDS.DESTINATIONS}
 SERVER_OF = {f"{destination}.example": f"192.0.2.{n}" for n, destination in enumerate(SCHEDULER_BOUNDS.DESTINATIONS, 1)}
+DESTINATION_AT = {SERVER_OF[nexthop]: destination for destination, nexthop in NEXTHOP_OF.items()}
 #: The scheduler's states as the model names them; DEFERRED is "deferred" or "due" by its next try.
 MODEL_STATE = {State.INCOMING: "incoming", State.ROUTING: "active-queue", State.READY: "active-queue",
                State.ACTIVE: "delivering", State.DELIVERED: "delivered"}
@@ -346,25 +368,31 @@ class SchedulerRefinement(Refinement):
     from the server) or unreachable (no address answered), idle sessions kept and closed,
     and the clock, on the real scheduler configured within the model's bounds: AQ_max_entries
     at most the model's AQ bound, each destination one next hop with one server address whose
-    max_connections is the model's limit. smar answers every route at once (routing is not
-    in the model), nothing is held or deleted, and the queue lifetime is out of reach, so
-    nothing bounces. After each step the model must explain what the scheduler did."""
+    max_connections is the model's limit, the rated one's ocr: the model's rate. smar
+    answers every route at once (routing is not in the model), nothing is held or deleted,
+    and the queue lifetime is out of reach, so nothing bounces. After each step the model
+    must explain what the scheduler did."""
 
     model = SCHEDULER_MODEL
-    internal = re.compile(r"admit #\d+( \(due\))? to the AQ|dispatch #\d+ to \w+|clock: #\d+ due")
-    # A clock step may make every deferred recipient due, admit as many as the AQ takes
-    # and dispatch them: one model step each.
-    depth = 3 * SCHEDULER_BOUNDS.ARRIVALS
+    internal = re.compile(r"admit #\d+( \(due\))? to the AQ|dispatch #\d+ to \w+( on its idle session)?"
+                          r"|clock: #\d+ due|clock: a connection to \w+ leaves the rate window")
+    # A clock step may let the counted connections leave the rate window, make every
+    # deferred recipient due, admit as many as the AQ takes and dispatch them: one model
+    # step each.
+    depth = 3 * SCHEDULER_BOUNDS.ARRIVALS + SCHEDULER_BOUNDS.RATE
 
     # An AQ smaller than the model's refines it too, and only there can new and due mail
     # wait together within the model's few arrivals: the fairness turn is then tested.
     @initialize(aq=st.sampled_from([1, SCHEDULER_BOUNDS.AQ_MAX]))
     def setup(self, aq) -> None:
         bounds = SCHEDULER_BOUNDS
+        self.rated_server = SERVER_OF[NEXTHOP_OF[bounds.RATED]]
+        rated = ConnectionLimits(bounds.LIMIT, bounds.LIMIT, bounds.RATE)
         self.scheduler = Scheduler(SchedulerConfig(
             aq_max_entries=aq, min_queue_delay=100 * SECOND, max_queue_delay=400 * SECOND,
             queue_lifetime=10**6 * SECOND, initial_connections=bounds.LIMIT, max_connections=bounds.LIMIT,
-            max_recipients_per_delivery=1, max_addresses_per_delivery=1))
+            max_recipients_per_delivery=1, max_addresses_per_delivery=1),
+            limits=lambda address: rated if address == self.rated_server else None)
         self.now = START
         self.destinations: list[str] = []         # by arrival: recipient n is T<n>-0000
         self.flight: dict[int, StartDelivery] = {}
@@ -385,9 +413,15 @@ class SchedulerRefinement(Refinement):
             else:
                 state = MODEL_STATE.get(view.state, view.state.name)
             recipients.append(SCHEDULER_BOUNDS.Recipient(destination, state))
+        addresses = self.scheduler.destinations.addresses
+        idle = tuple(addresses[SERVER_OF[NEXTHOP_OF[d]]].idle if SERVER_OF[NEXTHOP_OF[d]] in addresses else 0
+                     for d in SCHEDULER_BOUNDS.DESTINATIONS)
+        rated = addresses.get(self.rated_server)
+        counted = sum(until > self.now for until in rated.counted_until) if rated is not None else 0
         # The fairness turn is hidden state the model has too: part of the abstraction, so
         # that one abstraction is one model state (tests/refinement.py).
-        return SCHEDULER_BOUNDS.State(tuple(recipients), len(self.destinations), self.scheduler._incoming_turn)
+        return SCHEDULER_BOUNDS.State(tuple(recipients), len(self.destinations), self.scheduler._incoming_turn,
+                                      idle, counted)
 
     def send(self, event, label: str | None = None) -> None:
         """Hand ``event`` to the scheduler and play smar and smtpc's bookkeeping, then follow
@@ -434,14 +468,15 @@ class SchedulerRefinement(Refinement):
             self.idle[address] = self.idle.get(address, 0) + 1
         status = Status.DELIVERED if how == "delivered" else Status.TEMPORARY
         self.send(DeliveryEnded(delivery.delivery_id, address, kept_open, tuple(
-            RecipientOutcome(rcpt, status, REPLIES[status]) for rcpt in delivery.rcpt_ids)), f"#{index} {how}")
+            RecipientOutcome(rcpt, status, REPLIES[status]) for rcpt in delivery.rcpt_ids)),
+            f"#{index} {how}" + (", session kept idle" if kept_open else ""))
 
     @precondition(lambda self: any(self.idle.values()))
     @rule(data=st.data())
     def close_idle(self, data):
         address = data.draw(st.sampled_from(sorted(a for a, n in self.idle.items() if n)))
         self.idle[address] -= 1
-        self.send(SessionClosed(address))
+        self.send(SessionClosed(address), f"idle session to {DESTINATION_AT[address]} closed")
 
     @rule(seconds=st.sampled_from([50, 100, 400]))
     def clock(self, seconds):

@@ -168,6 +168,8 @@ REPORT = {
     "accepted": lambda plan: (plan.greeting(Reply(220, None, ("ready",))), plan.delivered()),
 }
 MODEL_OUTCOME = {"delivered": "delivered", "permanent": "bounced", "temporary": "deferred"}
+#: The scheduler's time during an attempt (the model has no clock: no address has a rate).
+NOW = 0
 
 
 class MxFallbackRefinement(Refinement):
@@ -201,7 +203,7 @@ class MxFallbackRefinement(Refinement):
         rng = random.Random(seed)
         self.destinations = Destinations(1, 1)
         for address in start.limited:        # at its limit: one open session fills its window
-            self.destinations.take(QmgrPlan((address,), reuse=False))
+            self.destinations.take(QmgrPlan((address,), reuse=False), NOW)
             self.destinations.opened(address)
         # smar's order: by preference, equal preferences shuffled (qmgr keeps it).
         route = sorted(rng.sample(sorted(MX_BOUNDS.ADDRESSES), len(MX_BOUNDS.ADDRESSES)),
@@ -209,10 +211,10 @@ class MxFallbackRefinement(Refinement):
         offered = route
         self.busy = None
         if limits_in == "qmgr":
-            qmgr_plan = self.destinations.plan(route, MX_BOUNDS.MAX_ADDRESSES)
+            qmgr_plan = self.destinations.plan(route, MX_BOUNDS.MAX_ADDRESSES, NOW)
             offered = qmgr_plan.addresses if qmgr_plan is not None else []
         else:
-            self.busy = lambda address: not self.destinations.can_start(address)
+            self.busy = lambda address: not self.destinations.can_start(address, NOW)
         self.plan = AddressPlan([(MX_BOUNDS.ADDRESSES[a], f"mx-{a}.example", [a]) for a in offered], rng,
                                 max_addresses=MX_BOUNDS.MAX_ADDRESSES) if offered else None
         self.reported: list[str] = []
@@ -220,7 +222,7 @@ class MxFallbackRefinement(Refinement):
         self.begin(start)
 
     def abstraction(self):
-        limited = frozenset(a for a in MX_BOUNDS.ADDRESSES if not self.destinations.can_start(a))
+        limited = frozenset(a for a in MX_BOUNDS.ADDRESSES if not self.destinations.can_start(a, NOW))
         tried = tuple(zip((c.address for c in self.plan.tried), self.reported)) if self.plan else ()
         outcome = "deferred" if self.over else None
         if self.plan is not None and self.plan.outcome is not None:

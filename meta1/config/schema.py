@@ -376,8 +376,8 @@ QMGR = SectionSpec(
                    "'delayed' DSN (RFC 3464); 0: never.", EXT),
         OptionSpec("config_map", Reference("map"), NOT_SET,
                    "Map of per-IP limits (oci:, ocm:, ocr:, oct:, icm:, icr: tags); qmgr opens it "
-                   "itself and counts incoming sessions for every smtps process (ocr: is not "
-                   "applied yet, spec/policy.md).", R,
+                   "itself and counts incoming sessions for every smtps process and, for ocr:, new "
+                   "connections to each server address (spec/policy.md).", R,
                    unset_means="no per-IP limits beyond the smtpc section's"),
         OptionSpec("IBDB_file_size", Size(4096), 64 << 20,
                    "Size at which qmgr starts a new incoming-log file; a file whose "

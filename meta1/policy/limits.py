@@ -15,8 +15,8 @@ The tags (meanings of ocr and oct are meta1's, D-POL-16)
     ``oci:`` outgoing connections to the address at first (slow start, qmgr's
     ``smtpc { initial_connections }`` for this address);
     ``ocm:`` outgoing connections to the address at most (``max_connections``);
-    ``ocr:`` new outgoing connections to the address at most per 60 seconds (not applied
-    yet: spec/policy.md D-POL-24);
+    ``ocr:`` new outgoing connections to the address at most per 60 seconds (counted by
+    qmgr's scheduler, :mod:`meta1.qmgr.destinations`);
     ``oct:`` seconds smtpc waits for a connection to the address to be established.
 
     A value is a decimal number; ``0`` means no limit (as sendmail's ClientConn). The entry

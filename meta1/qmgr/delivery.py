@@ -47,10 +47,11 @@ Remote-MTA
 
 Connection limits (spec/policy.md "Connection limits")
     With ``qmgr { config_map }`` (:mod:`meta1.qmgr.limits`): a route from smar reaches the
-    scheduler only once its addresses' ``oci:``/``ocm:``/``oct:`` are known (a failed
-    lookup defers its recipients, 451 4.3.0), the scheduler reads ``oci:``/``ocm:`` per
-    address, and each ``Target`` carries ``oct:`` to smtpc. smtps' connect checks are
-    admitted first (``icm:``/``icr:``, :mod:`meta1.qmgr.admission`) by :class:`PolicyRelay`.
+    scheduler only once its addresses' ``oci:``/``ocm:``/``ocr:``/``oct:`` are known (a
+    failed lookup defers its recipients, 451 4.3.0), the scheduler reads
+    ``oci:``/``ocm:``/``ocr:`` per address, and each ``Target`` carries ``oct:`` to
+    smtpc. smtps' connect checks are admitted first (``icm:``/``icr:``,
+    :mod:`meta1.qmgr.admission`) by :class:`PolicyRelay`.
 
 Peers
     smar: qmgr connects (``smar/smarqmgr``, LinkClient, D-DLV-1). Route requests made
@@ -148,7 +149,7 @@ class DeliveryManager:
         self.lmtp_nexthop = (f"lmtp:{os.path.join(config.queue_directory, lmtp_socket)}"
                              if isinstance(lmtp_socket, str) and lmtp_socket else None)
         trace = trace_sink(config)
-        # qmgr's configuration map (icm: icr: oci: ocm: oct:), None without one.
+        # qmgr's configuration map (icm: icr: oci: ocm: ocr: oct:), None without one.
         self.config_map = open_config_map(config, self.loop, self.hostname, trace=trace)
         outgoing = self.config_map.outgoing if self.config_map is not None else None
         self.scheduler = Scheduler(SchedulerConfig.from_config(config), trace=trace,
@@ -336,7 +337,7 @@ class DeliveryManager:
             resolved = RouteResolved(nexthop, exchangers, now_us() + record.ttl * SECOND)
             if self.config_map is None:
                 self.handle(resolved)
-            else:        # the scheduler needs the addresses' oci:/ocm: at once (meta1.qmgr.limits)
+            else:        # the scheduler needs the addresses' oci:/ocm:/ocr: at once (meta1.qmgr.limits)
                 self.config_map.outgoing.route_ready(
                     (address for x in exchangers for address in x.addresses),
                     lambda failure: self._route_ready(resolved, failure))

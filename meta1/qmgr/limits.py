@@ -8,10 +8,11 @@ Responsibilities
 
     * :class:`LimitsLookup` — the limits of one address for a set of tags, answered at
       once or later, cached;
-    * :class:`OutgoingLimits` — ``oci:``/``ocm:`` as the scheduler's
-      :data:`~meta1.qmgr.destinations.LimitLookup` (slow start per server address, B69,
-      B70), ``oct:`` as the connect timeout of each delivery target, and the gate that
-      holds a route until the limits of its addresses are known;
+    * :class:`OutgoingLimits` — ``oci:``/``ocm:``/``ocr:`` as the scheduler's
+      :data:`~meta1.qmgr.destinations.LimitLookup` (slow start and the rate of new
+      connections per server address, B69, B70), ``oct:`` as the connect timeout of each
+      delivery target, and the gate that holds a route until the limits of its addresses
+      are known;
     * :class:`ConfigMap` — the map opened in qmgr, with both directions over it (incoming
       admission is :mod:`meta1.qmgr.admission`).
 
@@ -39,8 +40,8 @@ The cache
     there defers the route's recipients (``451 4.3.0``), as a failed lookup of
     configuration data must (B33, D-POL-10); it never lets mail go out with limits the map
     did not give. Should the scheduler still ask about an address nothing is known of and
-    whose lookup cannot answer at once, it gets one connection, the least any entry
-    allows, until the answer is in.
+    whose lookup cannot answer at once, it gets one connection, and one a minute, the
+    least any entry allows, until the answer is in.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ import logging
 from collections.abc import Callable, Iterable
 
 from meta1.maps.driver import MapDriver, open_maps
-from meta1.policy.limits import INCOMING, MAX_LIMIT, RATE_WINDOW, Limits, address_key, limits_steps
+from meta1.policy.limits import INCOMING, MAX_LIMIT, OUTGOING, RATE_WINDOW, Limits, address_key, limits_steps
 from meta1.policy.plan import Plan
 from meta1.qmgr.admission import Admission, ConnectionCounts
+from meta1.qmgr.destinations import ConnectionLimits
 
 log = logging.getLogger("meta1.qmgr")
 
@@ -62,10 +64,8 @@ CACHE_TTL = float(RATE_WINDOW)
 ROUTE_KEEP = 86_400.0
 #: Cache entries below which expired ones are left until looked up again.
 PRUNE_MIN = 1024
-#: The outgoing tags qmgr applies (``ocr:`` is not enforced yet: spec/policy.md D-POL-24).
-OUTGOING_APPLIED = ("oci:", "ocm:", "oct:")
 #: Connections to an address whose limits are not known yet and cannot be at once.
-UNKNOWN_LIMITS = (1, 1)
+UNKNOWN_LIMITS = ConnectionLimits(initial=1, maximum=1, rate=1)
 NO_LIMITS = Limits()
 
 Answered = Callable[[Limits], object]
@@ -140,7 +140,7 @@ class LimitsLookup:
 
 
 class OutgoingLimits:
-    """``oci:``, ``ocm:`` and ``oct:`` for server addresses (see the module docstring).
+    """``oci:``, ``ocm:``, ``ocr:`` and ``oct:`` for server addresses (see the module docstring).
 
     ``initial_connections``/``max_connections``: the ``qmgr { smtpc { … } }`` defaults an
     address without an entry keeps."""
@@ -176,20 +176,21 @@ class OutgoingLimits:
             if limits is not None:
                 answered(address, limits)
 
-    def connection_limits(self, address: str) -> tuple[int, int] | None:
-        """``(initial, max)`` connections to ``address``, None for the section's defaults
-        (the scheduler's ``LimitLookup``). ``0`` in the map is no limit: ``ocm: 0`` any
-        number of connections, ``oci: 0`` no slow start (the maximum at once)."""
+    def connection_limits(self, address: str) -> ConnectionLimits | None:
+        """The connections to ``address`` at first, at most, and new ones per minute; None
+        for the section's defaults and no rate (the scheduler's ``LimitLookup``). ``0`` in
+        the map is no limit: ``ocm: 0`` any number of connections, ``oci: 0`` no slow
+        start (the maximum at once), ``ocr: 0`` no rate."""
         limits = self._limits_now(address)
         if limits is None or limits.failed:
-            log.warning("%s: connection limits not known yet; one connection until they are", address)
+            log.warning("%s: connection limits not known yet; one connection, one a minute, until they are", address)
             return UNKNOWN_LIMITS
-        initial, maximum = limits.values.get("oci:"), limits.values.get("ocm:")
-        if initial is None and maximum is None:
+        initial, maximum, rate = (limits.values.get(tag) for tag in ("oci:", "ocm:", "ocr:"))
+        if initial is None and maximum is None and not rate:
             return None
         maximum = self.max_connections if maximum is None else maximum or MAX_LIMIT
         initial = self.initial_connections if initial is None else initial or maximum
-        return initial, maximum
+        return ConnectionLimits(initial, maximum, rate or 0)
 
     def connect_timeout(self, address: str) -> int:
         """``oct:`` for ``address`` in seconds; 0: smtpc's own ``IO_timeout``."""
@@ -214,7 +215,7 @@ class ConfigMap:
         self.driver = MapDriver(open_maps(config, loop, strict=False, names=(map_name,), trace=trace))
         smtpc = config.qmgr.smtpc
         self.outgoing = OutgoingLimits(
-            LimitsLookup(self.driver, map_name, OUTGOING_APPLIED, clock=loop.time, keep=ROUTE_KEEP),
+            LimitsLookup(self.driver, map_name, OUTGOING, clock=loop.time, keep=ROUTE_KEEP),
             smtpc.initial_connections, smtpc.max_connections)
         self.admission = Admission(LimitsLookup(self.driver, map_name, INCOMING, clock=loop.time),
                                    ConnectionCounts(), loop.time, hostname, trace=trace)

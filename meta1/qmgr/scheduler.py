@@ -45,9 +45,16 @@ Strategies (prose and reasons: spec/scheduler.md; decisions D-SCHED-1…)
     * Grouping: a transaction's recipients for one next hop go in one delivery (one SMTP
       transaction, several RCPTs), at most ``max_recipients_per_delivery`` of them.
     * Round robin: next hops with recipients waiting for a slot take turns, one delivery
-      each per turn, so one busy destination does not hold up the others.
-    * Slow start per server address, and the next MX preference instead of waiting
-      (B59): see :mod:`meta1.qmgr.destinations`.
+      each per turn, so one busy destination does not hold up the others. A next hop
+      that finds no address with room is *blocked*: it waits, listed under each of its
+      addresses, until one of them gains room, and only those are looked at then.
+    * Slow start per server address, the ``ocr:`` rate of new connections per address,
+      and the next MX preference instead of waiting (B59): see
+      :mod:`meta1.qmgr.destinations`.
+    * One timer: ``next_wakeup`` is the earliest of the next deferred recipient's try and
+      the time an address that blocked next hops wait for gets rate room back. Room that
+      an event gives (a session ended, a reservation given back) needs no timer: the
+      event wakes the next hops waiting for that address.
     * Destination status cache: when a delivery reached none of the addresses of its
       next hop, the other recipients waiting for that next hop are deferred at once with
       the same reply instead of each timing out on the same dead servers.
@@ -74,12 +81,12 @@ from sortedcontainers import SortedDict
 
 from meta1.machine import ProtocolViolation, TraceSink
 from meta1.qmgr.dsn import MessageKind
-from meta1.qmgr.destinations import Destinations, Exchanger, LimitLookup, Plan
+from meta1.qmgr.destinations import DEFAULT_RATE_WINDOW, ConnectionLimits, Destinations, Exchanger, LimitLookup, Plan
 from meta1.qmgr.states import AQ_STATES, FINAL_STATES, ROUND_STATES, TABLE, Input, State
 from meta1.queue.retry import SECOND, next_try_time
 
 __all__ = [
-    "SECOND", "SchedulerConfig", "Scheduler", "SchedulerError", "Exchanger", "MessageKind",
+    "SECOND", "SchedulerConfig", "Scheduler", "SchedulerError", "Exchanger", "ConnectionLimits", "MessageKind",
     # events
     "RecipientEntry", "TransactionArrived", "RouteResolved", "RouteFailed", "Connected",
     "Status", "RecipientOutcome", "DeliveryEnded", "SessionClosed", "DeliveryAgentLost",
@@ -122,6 +129,9 @@ class SchedulerConfig:
     max_addresses_per_delivery: int = 5
     #: Age after which a deferred recipient's sender gets one "delayed" DSN; None: never.
     delay_warning: int | None = None
+    #: How long a new connection counts against its address's ``ocr:`` rate (D-POL-16:
+    #: 60 s; a scheduler parameter, no configuration option).
+    rate_window: int = DEFAULT_RATE_WINDOW
 
     def __post_init__(self) -> None:
         if not 0 < self.min_queue_delay <= self.max_queue_delay:
@@ -487,17 +497,18 @@ class _NexthopQueue:
 
 
 class _Delivery:
-    __slots__ = ("delivery_id", "ta", "nexthop", "recipients", "plan", "reserved", "session",
-                 "complete", "failed")
+    __slots__ = ("delivery_id", "ta", "nexthop", "recipients", "plan", "reserved", "reserved_at",
+                 "session", "complete", "failed")
 
     def __init__(self, delivery_id: int, ta: _Transaction, nexthop: str,
-                 recipients: list[_Recipient], plan: Plan, complete: bool):
+                 recipients: list[_Recipient], plan: Plan, complete: bool, reserved_at: int):
         self.delivery_id = delivery_id
         self.ta = ta
         self.nexthop = nexthop
         self.recipients = recipients
         self.plan = plan
         self.reserved: list[str] = [] if plan.reuse else list(plan.addresses)
+        self.reserved_at = reserved_at  # when the reservations were made (and counted against rates)
         self.session: str | None = plan.addresses[0] if plan.reuse else None
         self.complete = complete  # the plan holds every address of the route
         self.failed: set[str] = set()  # addresses smtpc reported as failed (feedback once each)
@@ -513,7 +524,8 @@ class Scheduler:
         self.config = config
         self.trace = trace
         self.now = 0
-        self.destinations = Destinations(config.initial_connections, config.max_connections, limits)
+        self.destinations = Destinations(config.initial_connections, config.max_connections, limits,
+                                         config.rate_window)
         self.transactions: dict[str, _Transaction] = {}
         self.incoming: OrderedDict[_Recipient, None] = OrderedDict()
         self.retry: SortedDict = SortedDict()  # (next_try, seq) -> _Recipient
@@ -550,10 +562,13 @@ class Scheduler:
 
     @property
     def next_wakeup(self) -> int | None:
-        """When the next deferred recipient falls due, if the AQ could take it; else None."""
-        if not self.retry or self.aq_size >= self.config.aq_max_entries:
-            return None
-        return self.retry.peekitem(0)[0][0]
+        """The one timer: the earliest of when the next deferred recipient falls due (if the
+        AQ could take it) and when the rate of an address next hops wait for has room
+        again; None: neither."""
+        times = [self.destinations.next_rate_wakeup]
+        if self.retry and self.aq_size < self.config.aq_max_entries:
+            times.append(self.retry.peekitem(0)[0][0])
+        return min((t for t in times if t is not None), default=None)
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -699,8 +714,7 @@ class Scheduler:
         self._failed_addresses(delivery, event.failed)
         if event.address is not None and delivery.session is None:
             self._open(delivery, event.address)
-        self.destinations.release(delivery.reserved)
-        delivery.reserved = []
+        self._release_reservations(delivery)
         if delivery.session is not None:
             reached = event.address is not None and event.address not in delivery.failed
             if reached:
@@ -801,9 +815,14 @@ class Scheduler:
         """smtpc reached ``address``: a reservation becomes a session, the others are freed."""
         delivery.reserved.remove(address)
         self.destinations.opened(address)
-        self.destinations.release(delivery.reserved)
-        delivery.reserved = []
+        self._release_reservations(delivery)
         delivery.session = address
+
+    def _release_reservations(self, delivery: _Delivery) -> None:
+        """Reservations not used are given back; those smtpc did not try were no new
+        connection (what it tried and could not reach is in ``delivery.failed``)."""
+        self.destinations.release(delivery.reserved, delivery.reserved_at, delivery.failed)
+        delivery.reserved = []
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -888,14 +907,29 @@ class Scheduler:
         Runnable next hops take turns, one delivery each per turn; one that got a delivery
         goes to the back of the line (round robin), one that found no room is *blocked*:
         listed under each of its addresses in ``waiting``. When an address may have
-        gained room (``Destinations.freed``) the next hops waiting for it are woken
-        oldest first, each with one delivery at once, as long as that address can take
-        one. So the work after an event follows the slots it freed, not the number of
-        next hops waiting (many domains hosted on one server's addresses).
+        gained room (``Destinations.freed``, or its rate's room returned with time) the
+        next hops waiting for it are woken oldest first, each with one delivery at once,
+        as long as that address can take one — before the runnable ones take their turns,
+        so that a next hop that became ready since does not take the room from those that
+        waited for it. So the work after an event follows the slots it freed, not the
+        number of next hops waiting (many domains hosted on one server's addresses).
         """
         progress = True
         while progress:
             progress = False
+            for address in self.destinations.drain_freed(self.now):
+                waiting = self.waiting.get(address)
+                tries = len(waiting) if waiting else 0
+                while tries and waiting and self.destinations.can_start(address, self.now):
+                    tries -= 1
+                    nexthop = next(iter(waiting))
+                    queue = self.ready[nexthop]
+                    self._unblock(nexthop, queue)
+                    if self._start_delivery(nexthop, queue):
+                        progress = True  # it stays runnable for its next turn
+                    else:
+                        del self.runnable[nexthop]
+                        self._block(nexthop, queue)
             for nexthop in list(self.runnable):
                 queue = self.ready.get(nexthop)
                 if queue is None or nexthop not in self.runnable:
@@ -907,24 +941,17 @@ class Scheduler:
                 else:
                     del self.runnable[nexthop]
                     self._block(nexthop, queue)
-            for address in self.destinations.drain_freed():
-                waiting = self.waiting.get(address)
-                tries = len(waiting) if waiting else 0
-                while tries and waiting and self.destinations.can_start(address):
-                    tries -= 1
-                    nexthop = next(iter(waiting))
-                    queue = self.ready[nexthop]
-                    self._unblock(nexthop, queue)
-                    if self._start_delivery(nexthop, queue):
-                        progress = True  # it stays runnable for its next turn
-                    else:
-                        del self.runnable[nexthop]
-                        self._block(nexthop, queue)
 
     def _block(self, nexthop: str, queue: _NexthopQueue) -> None:
         queue.blocked = True
         for address in queue.route.addresses:
-            self.waiting.setdefault(address, OrderedDict())[nexthop] = None
+            waiting = self.waiting.get(address)
+            if waiting is None:
+                # Room that returns with time (a rate) has no event to wake the next hops:
+                # the address gets a wake-up, folded into next_wakeup.
+                waiting = self.waiting[address] = OrderedDict()
+                self.destinations.watch(address, self.now)
+            waiting[nexthop] = None
 
     def _unblock(self, nexthop: str, queue: _NexthopQueue) -> None:
         """Out of ``waiting`` (under the addresses it was blocked on), into ``runnable``."""
@@ -934,10 +961,11 @@ class Scheduler:
             del waiting[nexthop]
             if not waiting:
                 del self.waiting[address]
+                self.destinations.unwatch(address)
         self.runnable[nexthop] = None
 
     def _start_delivery(self, nexthop: str, queue: _NexthopQueue) -> bool:
-        plan = self.destinations.plan(queue.route.addresses, self.config.max_addresses_per_delivery)
+        plan = self.destinations.plan(queue.route.addresses, self.config.max_addresses_per_delivery, self.now)
         if plan is None:
             return False
         ta_id, group = next(iter(queue.transactions.items()))
@@ -945,9 +973,9 @@ class Scheduler:
         delivery_id = self._next_delivery_id
         self._next_delivery_id += 1
         complete = not plan.reuse and set(plan.addresses) == set(queue.route.addresses)
-        delivery = _Delivery(delivery_id, batch[0].ta, nexthop, batch, plan, complete)
+        delivery = _Delivery(delivery_id, batch[0].ta, nexthop, batch, plan, complete, self.now)
         self.deliveries[delivery_id] = delivery
-        self.destinations.take(plan)
+        self.destinations.take(plan, self.now)
         for r in batch:
             self._fire(r, Input.DISPATCH)
         self._out.append(StartDelivery(delivery_id, ta_id, tuple(r.rcpt_id for r in batch),
@@ -1018,8 +1046,15 @@ class Scheduler:
                     assert r.state is State.READY and r.nexthop == nexthop and r.ta.ta_id == ta_id
                     place(r, "ready")
             # nothing waits for a slot that exists
-            assert self.destinations.plan(queue.route.addresses, 1) is None, f"{nexthop}: idle capacity"
+            assert self.destinations.plan(queue.route.addresses, 1, self.now) is None, f"{nexthop}: idle capacity"
         assert {a: set(n) for a, n in self.waiting.items()} == blocked_on, "waiting index"
+        destinations = self.destinations
+        assert destinations.watched == set(self.waiting), "watched addresses"
+        # Each address waited for whose rate is used up wakes its next hops when it has room again.
+        rate_wakeups = {a: destinations.addresses[a].rate_room_at(self.now)
+                        for a in self.waiting if a in destinations.addresses}
+        assert destinations.rate_wakeup_of == {a: t for a, t in rate_wakeups.items() if t is not None}, "rate wake-ups"
+        assert sorted((t, a) for a, t in destinations.rate_wakeup_of.items()) == list(destinations.rate_wakeups)
         reserved: dict[str, int] = {}
         busy: dict[str, int] = {}
         for delivery in self.deliveries.values():
@@ -1060,5 +1095,7 @@ class Scheduler:
             assert 0 <= state.idle <= state.sessions
             assert state.in_use <= state.maximum, f"{address}: over max_connections"
             assert 1 <= state.window <= state.maximum
+            if state.rate:   # never more new connections in the window than the rate
+                assert sum(until > self.now for until in state.counted_until) <= state.rate, f"{address}: over ocr:"
         for address in set(reserved) | set(busy):
             assert address in self.destinations.addresses
