@@ -141,7 +141,7 @@ def test_ocm_limits_the_parallel_connections_to_a_server_b69(world) -> None:  # 
 def recipients_through(world, step: str) -> set[str]:  # noqa: F811 (fixture)
     """The recipients qmgr's scheduler has moved by ``step`` (an input of the
     qmgr-recipient table), from the run's trace."""
-    trace = world.mta.queue / TRACE_FILE
+    trace = world.mta.base / TRACE_FILE
     records = (json.loads(line) for line in trace.read_text().splitlines()) if trace.exists() else ()
     return {r["id"] for r in records if r.get("machine") == "qmgr-recipient" and r["input"] == step}
 
