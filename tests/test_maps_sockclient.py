@@ -89,9 +89,9 @@ def test_every_status(loop, transport) -> None:
             "root": (Status.FOUND, "root@domain.net", ""),                    # B24
             "missing": (Status.NOTFOUND, "", ""),                             # B25
             "stop": (Status.NOMORE, "", ""),                                  # B26
-            "temp": (Status.TEMP, "", "TEMP database down"),                  # B27
+            "temp": (Status.TEMP, "", "database down"),                  # B27
             "slow": (Status.TEMP, "", "TIMEOUT backend busy"),
-            "perm": (Status.PERM, "", "PERM no such table"),                  # B28
+            "perm": (Status.PERM, "", "no such table"),                  # B28
             "empty": (Status.FOUND, "", ""),
             "spaces": (Status.FOUND, "a value  with spaces", ""),
             "big": (Status.FOUND, "x" * 2000, ""),

@@ -40,10 +40,10 @@ def test_a_request_longer_than_the_bound_is_refused() -> None:
     (b"NOTFOUND", Status.NOTFOUND, "", ""),                              # B25
     (b"NOTFOUND no such user", Status.NOTFOUND, "", ""),
     (b"NOMORE", Status.NOMORE, "", ""),                                  # B26
-    (b"TEMP database down", Status.TEMP, "", "TEMP database down"),       # B27
+    (b"TEMP database down", Status.TEMP, "", "database down"),       # B27
     (b"TIMEOUT", Status.TEMP, "", "TIMEOUT"),
     (b"TIMEOUT ldap slow", Status.TEMP, "", "TIMEOUT ldap slow"),
-    (b"PERM no such map", Status.PERM, "", "PERM no such map"),           # B28
+    (b"PERM no such map", Status.PERM, "", "no such map"),           # B28
     (b"OK caf\xc3\xa9", Status.FOUND, "caf\u00e9", ""),
 ])
 def test_replies(payload, status, value, reason) -> None:

@@ -124,8 +124,10 @@ _STATUS = {b"OK": Status.FOUND, b"NOTFOUND": Status.NOTFOUND, b"NOMORE": Status.
 def parse_reply(payload: bytes) -> MapResult:
     """A reply payload as a :class:`MapResult`; raises :class:`Malformed`.
 
-    TEMP, TIMEOUT and PERM keep the whole reply as ``reason`` (``"TIMEOUT db busy"``) so
-    a log line shows what the server said. Text after NOTFOUND or NOMORE is ignored."""
+    TEMP and PERM keep the server's text as ``reason`` (``TEMP db down`` → ``"db down"``);
+    TIMEOUT, which becomes TEMP, keeps its word too (``"TIMEOUT db busy"``), so a log line
+    — which prefixes the status — shows what the server said without saying TEMP twice.
+    Text after NOTFOUND or NOMORE is ignored."""
     word, _, data = payload.partition(b" ")
     status = _STATUS.get(word)
     if status is None:
@@ -140,7 +142,7 @@ def parse_reply(payload: bytes) -> MapResult:
         return NOT_FOUND
     if status is Status.NOMORE:
         return MapResult(Status.NOMORE)
-    return MapResult(status, reason=payload.decode("utf-8"))
+    return MapResult(status, reason=payload.decode("utf-8") if word == b"TIMEOUT" else text)
 
 
 @dataclass(frozen=True)
