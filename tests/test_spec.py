@@ -32,14 +32,18 @@ def test_every_drawing_is_well_formed_xml() -> None:
         xml.dom.minidom.parse(str(path))
 
 
-LINK = re.compile(r"\]\(([^)#]+)\)")
+LINK = re.compile(r"\]\(([^)#]+)(?:#([^)]*))?\)")   # (file, anchor or "")
 
 
 def test_the_index_links_every_file_machine_model_and_decision() -> None:
     spec = REPO / "spec"
     index = (spec / "index.md").read_text(encoding="utf-8")
-    targets = set(LINK.findall(index))
+    links = set(LINK.findall(index))
+    targets = {target for target, _ in links}
     assert all((spec / target).exists() for target in targets), sorted(t for t in targets if not (spec / t).exists())
+    unanchored = [f"{target}#{anchor}" for target, anchor in links
+                  if anchor and f'<a id="{anchor}"></a>' not in (spec / target).read_text(encoding="utf-8")]
+    assert unanchored == []
     files = {str(p.relative_to(spec)) for p in spec.rglob("*.md")} - {"index.md"}
     models = {str(p.relative_to(spec)) for p in (spec / "models").glob("*.py")}
     assert files | models <= targets, sorted((files | models) - targets)
@@ -54,6 +58,14 @@ def test_decision_titles_across_lines_and_without_the_dash() -> None:
             "**D-X-2 — Over\ntwo lines:** reason **D-X-3 — a\n**not bold")
     assert specgen.decisions(text) == [("D-X-1", "One line"), ("D-EL-9", "Old form"),
                                        ("D-X-2", "Over two lines"), ("D-X-3", "a")]
+
+
+def test_a_decision_without_its_anchor_stops_the_index(spec_copy) -> None:
+    policy = spec_copy / "spec" / "policy.md"
+    policy.write_text(policy.read_text(encoding="utf-8").replace('<a id="d-pol-1"></a>', ""), encoding="utf-8")
+    assert specgen.missing_anchors(policy.read_text(encoding="utf-8")) == ["D-POL-1"]
+    with pytest.raises(ValueError, match="spec/policy.md: D-POL-1"):
+        specgen.render_index(str(spec_copy))
 
 
 @pytest.fixture

@@ -180,6 +180,19 @@ def decisions(text: str) -> list[tuple[str, str]]:
     return [(ident, " ".join(title.split()).rstrip(".:;,")) for ident, title in DECISION.findall(text)]
 
 
+def decision_anchor(ident: str) -> str:
+    """The HTML anchor written just before a decision's bold id, so the index (and anyone
+    citing it) can link to the decision itself rather than to the top of a long file;
+    Markdown gives a paragraph no anchor of its own."""
+    return f'<a id="{ident.lower()}"></a>'
+
+
+def missing_anchors(text: str) -> list[str]:
+    """Decisions of ``text`` not preceded by their :func:`decision_anchor`."""
+    return [match.group(1) for match in DECISION.finditer(text)
+            if not text[:match.start()].endswith(decision_anchor(match.group(1)))]
+
+
 def hand_written(root: str) -> list[str]:
     """Every hand-written Markdown file of ``spec/`` (paths relative to it), sorted."""
     spec = Path(root) / "spec"
@@ -231,6 +244,10 @@ def render_index(root: str) -> str:
         model = modelcheck.load(path)
         variants = ", ".join(f"`{name}`" for name in getattr(model, "variants", {}))
         out.append(f"| [`{path.name}`](models/{path.name}) | {_escape_cell(model.description)} | {variants} |")
+    unanchored = [f"spec/{rel}: {ident}" for rel in files for ident in missing_anchors(texts[rel])]
+    if unanchored:
+        raise ValueError("decisions without their anchor (write <a id=\"d-x-n\"></a> just before "
+                         "the bold id): " + ", ".join(unanchored))
     found = [(rel, decisions(texts[rel])) for rel in files]
     out += ["", f"## Decisions ({sum(len(d) for _, d in found)})", "",
             "Where MeTA1 is silent or unknown, meta1 decided; each decision is stated, with its reason,",
@@ -238,7 +255,7 @@ def render_index(root: str) -> str:
     for rel, stated in found:
         if stated:
             out += [f"### [`{rel}`]({rel}) — {_title(texts[rel])}", ""]
-            out += [f"- [{ident}]({rel}) — {title}" for ident, title in stated]
+            out += [f"- [{ident}]({rel}#{ident.lower()}) — {title}" for ident, title in stated]
             out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 
