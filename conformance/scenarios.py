@@ -41,7 +41,9 @@ requests the step made, in order::
     route = "<x@y>"         the routing alone (as qmgr asks it): routes / expect
     conf = "smtpc_rcpt_conf"  subject = "x@y"   text = "..." | none = true | failed = true
                             options = { flags_off = ["pipelining"] }   (smtps_session_conf:
-                            parsed, the options it sets; a bad value is failed = true)
+                            and smtpc_session_conf: parsed, the options they set; a bad
+                            value is failed = true). smtpc_session_conf: is looked up in
+                            qmgr's config_map, the others in the access map.
 
 A ``[[case]]`` table is a whole session in one line — connect (``client``, default the
 top-level one), optional ``auth``, ``mail``, ``rcpt`` with ``expect`` for the RCPT: the
@@ -58,14 +60,14 @@ from typing import Any
 from meta1.config import load_text
 from meta1.maps.base import NOT_FOUND, LookupRequest, MapResult, Status, found
 from meta1.policy import checks
-from meta1.policy.access import ResolveStatus, smtpc_rcpt_conf, smtpc_session_conf
+from meta1.policy.access import ResolveStatus, smtpc_rcpt_conf
 from meta1.policy.dnsbl import AnswerStatus, DnsblAnswer, dnsbl_verdict, query_name
 from meta1.policy.greylist import MemoryStore, check as grey_check, triplet
 from meta1.policy.limits import INCOMING, admit_connection
 from meta1.policy.plan import Plan
 from meta1.policy.route import route_steps
 from meta1.policy.session import SessionChecks
-from meta1.policy.sessionconf import session_conf_steps
+from meta1.policy.sessionconf import session_conf_steps, smtpc_session_conf_steps
 from meta1.policy.settings import PolicySettings
 from meta1.qmgr.admission import Admission, ConnectionCounts
 from meta1.qmgr.limits import LimitsLookup
@@ -74,6 +76,13 @@ from meta1.smtp.replies import Reply
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "policy"
+
+
+#: The ``conf`` steps: each tag's lookup, and the map of the settings it is read from
+#: (``smtpc_session_conf:`` is qmgr's, D-POL-28).
+CONF_LOOKUPS = {"smtps_session_conf": (session_conf_steps, "access_map"),
+                "smtpc_session_conf": (smtpc_session_conf_steps, "config_map"),
+                "smtpc_rcpt_conf": (smtpc_rcpt_conf, "access_map")}
 
 
 class ScenarioFailure(AssertionError):
@@ -200,11 +209,9 @@ class Scenario:
             resolution = self.maps.run(Plan(route_steps(s.routing, mailbox.local_part, mailbox.domain)))
             return resolution.reply, {"routes": [str(r) for r in resolution.routes]}
         if "conf" in step:
-            tag, subject, access = step["conf"], step["subject"], s.access_map
-            steps = {"smtps_session_conf": session_conf_steps, "smtpc_session_conf": smtpc_session_conf,
-                     "smtpc_rcpt_conf": smtpc_rcpt_conf}[tag](access, subject)
-            result = self.maps.run(Plan(steps))
-            conf = getattr(result, "conf", None)      # smtps_session_conf: parsed (D-POL-26)
+            steps, where = CONF_LOOKUPS[step["conf"]]
+            result = self.maps.run(Plan(steps(getattr(s, where), step["subject"])))
+            conf = getattr(result, "conf", None)      # *_session_conf: parsed (D-POL-26, D-POL-28)
             options = {} if conf is None else {key: list(value) if isinstance(value, tuple) else value
                                                for key, value in asdict(conf).items() if value not in (None, ())}
             return None, {"text": result.text, "none": result.text is None and not result.failed,

@@ -17,9 +17,11 @@ Responsibilities
     * :class:`ScriptedPeer` — a small threaded SMTP server for what smtp-sink cannot do:
       a reply per recipient (the local part says which: ``r550-x@…`` gets 550), a chosen
       EHLO extension list, a count of connections (null MX: "the peer sees nothing") and
-      of those open at once (``open_now``, ``max_open``: connection limits), and a
-      ``hold`` gate the reply to the end of data waits for (sessions pile up meanwhile).
-      It never pipelines its replies and answers one command at a time.
+      of those open at once (``open_now``, ``max_open``: connection limits), a ``hold``
+      gate the reply to the end of data waits for (sessions pile up meanwhile), and a
+      ``slow`` gate the reply to RCPT of a ``slow-…`` recipient waits for (a server slower
+      than a client's timer; ``stalled_at`` says since when each waits). It never
+      pipelines its replies and answers one command at a time.
     * :func:`start_sink` — Postfix's ``smtp-sink`` on a chosen address and port, with its
       fault-injection options; its dumps (``-d``) are read as they complete.
     * :func:`dsn_reports` — the per-recipient fields of an RFC 3464 DSN, parsed with the
@@ -41,6 +43,7 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,6 +148,7 @@ def start_sink(host: str, port: int, *options: str) -> SinkProcess:
 # --- a scripted SMTP peer -------------------------------------------------------------------
 
 RCPT_CODE = re.compile(r"^r([245]\d\d)-", re.IGNORECASE)
+SLOW_RCPT = re.compile(r"^slow-", re.IGNORECASE)
 
 
 @dataclass
@@ -168,6 +172,8 @@ class ScriptedPeer:
     transactions: list[Transaction] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     hold: threading.Event | None = None   # set: the end of data is answered
+    slow: threading.Event | None = None   # set: RCPT of a slow-… recipient is answered
+    stalled_at: list[float] = field(default_factory=list)    # time.monotonic() of each slow RCPT
     open_now: int = 0
     max_open: int = 0
 
@@ -230,6 +236,10 @@ class ScriptedPeer:
                 reply("250 2.1.0 ok")
             elif verb == "RCPT":
                 address = command[8:].strip()
+                if self.slow is not None and SLOW_RCPT.match(address.strip("<")):
+                    with self._lock:
+                        self.stalled_at.append(time.monotonic())
+                    self.slow.wait(WAIT)
                 wanted = RCPT_CODE.match(address.strip("<"))
                 code = wanted.group(1) if wanted else "250"
                 if code == "250":

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from meta1.ipc import codec
 from meta1.ipc.codec import MAX_LIST, MAX_STRING, FrameDecoder, ProtocolError, decode, encode, frame, record
-from meta1.ipc.records import (PROTOCOL_VERSION, Commit, CommitResult, Hello, PolicyVerdict, Recipient,
-                               Transaction, handshake_check)
+from meta1.ipc.records import (PROTOCOL_VERSION, Commit, CommitResult, Delivery, Hello, PolicyVerdict, Recipient,
+                               Target, Transaction, handshake_check)
 
 
 # Test-only record types (ids far from the real ones) covering every supported annotation.
@@ -70,7 +70,7 @@ def records_of(cls) -> st.SearchStrategy:
 
 ALL_RECORDS = st.one_of([records_of(cls) for cls in
                          (Everything, Empty, Inner, Hello, Recipient, Transaction, Commit, CommitResult,
-                          PolicyVerdict)])
+                          PolicyVerdict, Delivery)])
 
 
 def transaction(**changes) -> Transaction:
@@ -103,6 +103,15 @@ def test_a_transaction_round_trips_with_times_after_2038_and_odd_octets() -> Non
     assert back == rec
     assert back.transaction.arrival == 2**33 * 10**6
     assert back.transaction.helo.encode("utf-8", "surrogateescape") == b"h\xff\xfe\x00lo"
+
+
+def test_a_delivery_target_carries_its_timers_and_smtpcs_own_are_0_d_pol_28() -> None:
+    target = Target("mx.example.org", "192.0.2.25", 25, 10, connect_timeout=30, io_timeout=2, final_dot_timeout=1200)
+    rec = Delivery(7, transaction(), (target, Target("mx2.example.org", "192.0.2.26", 25, 20)), False, True)
+    back = decode(encode(rec))
+    assert back == rec
+    assert [(t.connect_timeout, t.io_timeout, t.final_dot_timeout) for t in back.targets] == [(30, 2, 1200),
+                                                                                              (0, 0, 0)]
 
 
 def test_records_are_frozen_and_carry_their_type() -> None:

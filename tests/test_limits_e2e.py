@@ -1,12 +1,14 @@
 """qmgr's configuration map through the real daemons: incoming connection limits counted
 by qmgr across smtps processes (icm:, icr:; B56), a failing map (421 4.3.0), a socket map
-answered off qmgr's loop and cached, and the outgoing limits per server address (ocm:,
-B69; ocr:) seen at a peer that counts its connections."""
+answered off qmgr's loop and cached, the outgoing limits per server address (ocm:,
+B69; ocr:) seen at a peer that counts its connections, and smtpc's reply timer per server
+address (smtpc_session_conf:, D-POL-28) seen at peers slower than it."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 
 from delivery_support import WAIT, ScriptedPeer, world  # noqa: F401 (fixture)
 from mta import MTA, TRACE_FILE, SMTPClient, wait_for
@@ -167,3 +169,54 @@ def test_ocr_limits_new_connections_per_minute_and_reuse_is_not_one(world) -> No
     assert peer.connections == 2
     assert world.qmgr_log().count("(reusing a session)") == 3
     assert world.deferred() == []
+
+
+def conf_world(world, entry: str) -> None:  # noqa: F811 (fixture)
+    """meta1 on ``world`` with ``entry`` in qmgr's configuration map (smtpc's own
+    IO_timeout is the world's 10 s)."""
+    world.start(qmgr="min_queue_delay = 1h; config_map = conf;",
+                smar=f'map conf {{ type = inline; entries = {{ "{entry}" }}; }}')
+
+
+def test_smtpc_session_conf_gives_a_server_its_own_reply_timer_d_pol_28(world) -> None:  # noqa: F811
+    """Two peers sit on their RCPT replies. The one on 127.0.0.1, whose entry says
+    ``IO_timeout = 2s``, is given up on after 2 s: its recipient is deferred (451 4.4.2)
+    long before smtpc's own 10 s. The one on [::1], without an entry, is still waited for
+    when it answers after more than those 2 s, and its recipient is delivered."""
+    world.zone("strict.test", "127.0.0.1")
+    world.zone("patient.test", "::1")
+    slow = threading.Event()
+    strict, patient = world.peer(slow=slow), world.peer(host="::1", slow=slow)
+    conf_world(world, "smtpc_session_conf:127.0.0.1 IO_timeout = 2s;")
+    try:
+        assert world.send("a@home.test", ["slow-1@strict.test", "slow-2@patient.test"], MESSAGE) == {}
+        wait_for(lambda: strict.stalled_at, timeout=WAIT, what="the RCPT at 127.0.0.1")
+        wait_for(world.deferred, timeout=WAIT, what="the recipient on 127.0.0.1 deferred")
+        deferred_after = time.monotonic() - strict.stalled_at[0]
+        assert [(a, code, status) for a, _, code, status in world.deferred()] == [("slow-1@strict.test", 451, "4.4.2")]
+        assert 2 <= deferred_after < 10, deferred_after
+        # [::1] has sat on its reply for longer than the entry's timer: still waited for.
+        wait_for(lambda: patient.stalled_at and time.monotonic() - patient.stalled_at[0] > 2.5, timeout=WAIT,
+                 what="[::1] slower than 2 s")
+        assert patient.open_now == 1
+    finally:
+        slow.set()
+    [delivered] = patient.wait(1)
+    assert delivered.rcpts == ["<slow-2@patient.test>"]
+    assert strict.transactions == [] and world.deferred()[0][0] == "slow-1@strict.test"
+    assert "conversation timed out" in world.qmgr_log()
+
+
+def test_a_broken_smtpc_session_conf_defers_the_route_and_keeps_the_mail_b33(world) -> None:  # noqa: F811
+    """An entry that does not parse is a configuration failure: the route is deferred
+    (451 4.3.0) with a log line naming the map, the key and the mistake; nothing is sent
+    with timers the map did not give, and the message stays queued."""
+    world.zone("far.test", "127.0.0.1")
+    peer = world.peer()
+    conf_world(world, "smtpc_session_conf:127.0. IO_timeout = soon;")
+    assert world.send("a@home.test", ["r@far.test"], MESSAGE) == {}
+    wait_for(world.deferred, timeout=WAIT, what="the deferral")
+    assert [(a, code, status) for a, _, code, status in world.deferred()] == [("r@far.test", 451, "4.3.0")]
+    assert ("far.test: route deferred: configuration map conf: smtpc_session_conf:127.0.: 1:14: IO_timeout: "
+            "'soon' is not a time interval") in world.qmgr_log()
+    assert peer.connections == 0 and world.mta.content_files()

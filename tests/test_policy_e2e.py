@@ -171,8 +171,9 @@ def ehlo_keywords(client: SMTPClient) -> list[str]:
 
 def test_a_client_gets_its_own_smtps_settings_from_smtps_session_conf_d_pol_25(policy_mta) -> None:
     """The entry's options hold for that client's sessions only: no PIPELINING, two
-    recipients (the third gets 452 4.5.3). smtpc_*_conf: entries (not wired yet, D-POL-27)
-    change nothing, even when their text would not parse."""
+    recipients (the third gets 452 4.5.3). smtpc_*_conf: entries in the access map change
+    nothing, even when their text would not parse: smtpc_session_conf: is read from qmgr's
+    configuration map (D-POL-28), smtpc_rcpt_conf: not yet (D-POL-27)."""
     mta = policy_mta(["cltaddr:127. OK",
                       f"smtps_session_conf:{ORDINARY} flags = {{ dont_pipelining }}; max_rcpts_per_transaction = 2;",
                       "smtpc_session_conf:127. tls { broken", "smtpc_rcpt_conf:mx.test IO_timeout = never;"])
@@ -224,22 +225,41 @@ def test_a_socket_map_failing_for_smtps_session_conf_refuses_the_session_b33(pol
     assert f"map sm: smtps_session_conf:{ORDINARY}: TEMP" in refusal and "directory down" in refusal
 
 
+def meta1_lookup(tmp_path, smar: str, extra: str = ""):
+    """``meta1 lookup -f FILE TAG KEY`` with ``smar`` in the smar section and ``extra``
+    sections; the completed process of each call."""
+    conf = tmp_path / "meta1.conf"
+    conf.write_text(f'queue_directory = "{tmp_path / "queue"}";\n{extra}'
+                    f'smar {{ nameserver = {{ 127.0.0.1 }};\n{smar} }}\n')
+    from mta import MTA
+    mta = MTA.__new__(MTA)                  # only its meta1() runner
+    return lambda tag, key: MTA.meta1(mta, "lookup", "-f", str(conf), tag, key)
+
+
 def test_meta1_lookup_prints_every_key_tried_b17_b18(tmp_path) -> None:
     """The teaching view of the lookup orders: cltaddr:10. matches 10.1.2.3 after the
     more specific keys; cltaddr:10 (without the delimiter) is never tried."""
-    conf = tmp_path / "meta1.conf"
-    conf.write_text(f'queue_directory = "{tmp_path / "queue"}";\n'
-                    'smar { nameserver = { 127.0.0.1 };\n'
-                    '  map acc { type = inline; entries = { "cltaddr:10. REJECT", "cltaddr:10 OK", '
-                    '"from:.example.com OK" }; }\n'
-                    '  access_map { name = acc; } }\n')
-    from mta import MTA
-    mta = MTA.__new__(MTA)                  # only its meta1() runner
-    result = MTA.meta1(mta, "lookup", "-f", str(conf), "cltaddr:", "10.1.2.3")
+    lookup = meta1_lookup(tmp_path, 'map acc { type = inline; entries = { "cltaddr:10. REJECT", "cltaddr:10 OK", '
+                                    '"from:.example.com OK" }; }\naccess_map { name = acc; }')
+    result = lookup("cltaddr:", "10.1.2.3")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["acc: cltaddr:10.1.2.3: not found", "acc: cltaddr:10.1.2.: not found",
                                           "acc: cltaddr:10.1.: not found", "acc: cltaddr:10.: found: REJECT"]
-    result = MTA.meta1(mta, "lookup", "-f", str(conf), "from", "Someone@Mail.Example.com")
+    result = lookup("from", "Someone@Mail.Example.com")
     assert result.stdout.splitlines()[-1] == "acc: from:.example.com: found: OK"
-    missing = MTA.meta1(mta, "lookup", "-f", str(conf), "to:", "x@y.test")
+    missing = lookup("to:", "x@y.test")
     assert missing.returncode == 1 and missing.stdout.count("not found") == 4
+
+
+def test_meta1_lookup_asks_qmgrs_configuration_map_for_smtpc_session_conf_d_pol_28(tmp_path) -> None:
+    """A tag qmgr reads is looked up where qmgr reads it, as oct: is: the access map's entry
+    of the same key is not the one that counts."""
+    qmgrs = 'map conf { type = inline; entries = { "smtpc_session_conf:127.0. IO_timeout = 2s;" }; }\n'
+    access = 'map acc { type = inline; entries = { "smtpc_session_conf:127.0.0.1 IO_timeout = 1h;" }; }\n'
+    lookup = meta1_lookup(tmp_path, qmgrs + access + "access_map { name = acc; }",
+                          extra="qmgr { config_map = conf; }\n")
+    result = lookup("smtpc_session_conf:", "127.0.0.1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["conf: smtpc_session_conf:127.0.0.1: not found",
+                                          "conf: smtpc_session_conf:127.0.0.: not found",
+                                          "conf: smtpc_session_conf:127.0.: found: IO_timeout = 2s;"]

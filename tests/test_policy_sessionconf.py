@@ -1,7 +1,8 @@
-"""smtps options per client (meta1/policy/sessionconf.py, D-POL-26): what an
-``smtps_session_conf:`` value may set, how it is checked (the configuration file's schema
-and messages), how it is laid over the smtps section, and how the connect stage reads it
-(B33: a failure is a 421, never "no configuration"; B34: the value whole)."""
+"""Session options per peer (meta1/policy/sessionconf.py): what an ``smtps_session_conf:``
+value may set (D-POL-26), how it is checked (the configuration file's schema and
+messages), how it is laid over the smtps section, and how the connect stage reads it
+(B33: a failure is a 421, never "no configuration"; B34: the value whole); the same for
+``smtpc_session_conf:``, smtpc's reply timers per server address (D-POL-28)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import logging
 import pytest
 
 from meta1.config import load_text
-from meta1.config.schema import SMTPS_SESSION_CONF
+from meta1.config.schema import SMTPC, SMTPC_SESSION_CONF, SMTPS_SESSION_CONF
 from meta1.ipc.records import SessionConf
 from meta1.maps.base import NOT_FOUND, MapResult, Status, found, run_plan
 from meta1.policy.plan import run_steps
 from meta1.policy.service import PolicyService, Question
-from meta1.policy.sessionconf import (NUMBER_OPTIONS, SessionConfError, parse_session_conf, session_conf_steps)
+from meta1.policy.sessionconf import (NUMBER_OPTIONS, SessionConfError, SmtpcSessionConf, parse_session_conf,
+                                     parse_smtpc_session_conf, session_conf_steps, smtpc_session_conf_steps)
 from meta1.smtps.session import Settings
 
 ENTRY = "flags = { dont_pipelining, 8bitmime }; max_rcpts_per_transaction = 10; IO_timeout = 30s;"
@@ -36,7 +38,7 @@ def test_an_entry_sets_what_it_names_and_nothing_else() -> None:
     assert parse_session_conf("max_message_size = 2M; # less for this client\n").max_message_size == 2 << 20
 
 
-@pytest.mark.parametrize("text, message", [
+SMTPS_MISTAKES = [
     ("max_sessions = 3;", "1:1: unknown option 'max_sessions' in section 'smtps_session_conf'"),
     ("flags = { dont_delay_checks };", "1:11: flags: unknown flag 'dont_delay_checks'"),
     ("listen_socket { port = 26; }", "1:1: unknown section 'listen_socket'"),
@@ -44,10 +46,22 @@ def test_an_entry_sets_what_it_names_and_nothing_else() -> None:
     ("flags = { dont_pipelining };\nmax_rcpts_per_transaction = ten;", "2:29: max_rcpts_per_transaction:"),
     ("flags = { dont_pipelining ", "1:27: expected '}'"),
     ("IO_timeout = 30s; IO_timeout = 60s;", "1:19: option 'IO_timeout' is set twice"),
-])
-def test_anything_else_is_an_error_with_its_position(text: str, message: str) -> None:
+]
+SMTPC_MISTAKES = [                  # smtpc_session_conf: (D-POL-28)
+    ("IO_timeout = soon;", "1:14: IO_timeout: 'soon' is not a time interval"),
+    ("IO_timeout = 2h;", "1:14: IO_timeout: 2h is out of range"),
+    ("remote_port = 26;", "1:1: unknown option 'remote_port' in section 'smtpc_session_conf'"),
+    ("max_rcpts_per_transaction = 10;", "1:1: unknown option 'max_rcpts_per_transaction'"),
+    ("tls { }", "1:1: unknown section 'tls'"),
+    ("IO_timeout = 2s", "expected ';'"),
+]
+
+
+@pytest.mark.parametrize("parse, text, message", [(parse_session_conf, *m) for m in SMTPS_MISTAKES] +
+                         [(parse_smtpc_session_conf, *m) for m in SMTPC_MISTAKES])
+def test_anything_else_is_an_error_with_its_position(parse, text: str, message: str) -> None:
     with pytest.raises(SessionConfError) as error:
-        parse_session_conf(text)
+        parse(text)
     assert message in str(error.value)
 
 
@@ -182,3 +196,40 @@ def test_a_session_smar_forgot_is_checked_again_without_its_entry() -> None:
     policy, maps = service({"smtps_session_conf:192.0.2.1": MapResult(Status.TEMP)})
     assert ask(policy, stage="mail")[0] == "ok"
     assert not any(key.startswith("smtps_session_conf:") for key in maps.asked)
+
+
+# -- smtpc_session_conf: (D-POL-28) ----------------------------------------------------------------
+
+def test_an_smtpc_entry_may_set_the_reply_timers_with_the_smtpc_sections_types() -> None:
+    """The options are smtpc's own, with the same types and bounds; the record has a field each."""
+    assert [o.key for o in SMTPC_SESSION_CONF.options] == [f.name for f in dataclasses.fields(SmtpcSessionConf)]
+    for option in SMTPC_SESSION_CONF.options:
+        assert option.type == SMTPC.option(option.key).type
+    assert parse_smtpc_session_conf("IO_timeout = 2s; final_dot_timeout = 20m;") == SmtpcSessionConf(2, 1200)
+    assert parse_smtpc_session_conf("final_dot_timeout = 1h; # a slow filter there\n") == \
+        SmtpcSessionConf(final_dot_timeout=3600)
+    assert parse_smtpc_session_conf("") == SmtpcSessionConf()
+
+
+def test_the_smtpc_lookup_tries_the_servers_ip_keys_and_names_the_key_on_failure_b33() -> None:
+    asked: list[str] = []
+
+    def lookup(request):
+        asked.append(request.key)
+        return lookups({"smtpc_session_conf:2001:db8:": "IO_timeout = 30s;"})(request)
+    result = run_steps(smtpc_session_conf_steps("conf", "2001:db8::25"), lookup)
+    assert asked[0] == "smtpc_session_conf:2001:db8:0:0:0:0:0:25" and asked[-1] == "smtpc_session_conf:2001:db8:"
+    assert (result.key, result.conf) == ("smtpc_session_conf:2001:db8:", SmtpcSessionConf(io_timeout=30))
+    assert run_steps(smtpc_session_conf_steps("conf", "192.0.2.1"), lookups({})) == type(result)()
+    temp = run_steps(smtpc_session_conf_steps("conf", "192.0.2.1"),
+                     lookups({"smtpc_session_conf:192.0.2.": MapResult(Status.TEMP, reason="down")}))
+    assert (temp.failure, temp.conf) == ("smtpc_session_conf:192.0.2.: TEMP down", None)
+    bad = run_steps(smtpc_session_conf_steps("conf", "192.0.2.1"),
+                    lookups({"smtpc_session_conf:192.0.2.1": "IO_timeout = 0;"}))
+    assert bad.failure == "smtpc_session_conf:192.0.2.1: 1:14: IO_timeout: 0s is out of range (1s..1h)"
+
+
+def test_a_long_smtpc_entry_is_read_whole_b34() -> None:
+    text = "IO_timeout = 2s; /* " + "x" * 5000 + " */ final_dot_timeout = 3m;"
+    result = run_steps(smtpc_session_conf_steps("conf", "192.0.2.1"), lookups({"smtpc_session_conf:192.0.2.": text}))
+    assert result.conf == SmtpcSessionConf(2, 180) and result.text == text

@@ -121,8 +121,8 @@ def test_connection_limits_from_oci_ocm_and_ocr_with_0_as_no_limit_b69() -> None
     assert limits.connection_limits("192.0.2.6") == ConnectionLimits(4, 20, 10)  # a rate and the defaults
     assert limits.connection_limits("192.0.2.7") is None       # ocr: 0 is no rate: the defaults
     assert limits.connection_limits("192.0.2.5") is None       # the section's defaults
-    assert limits.connect_timeout("192.0.2.5") == 30
-    assert limits.connect_timeout("192.0.2.1") == 0
+    assert limits.target_timeouts("192.0.2.5") == (30, 0, 0)
+    assert limits.target_timeouts("192.0.2.1") == (0, 0, 0)
     assert limits.connection_limits("/var/spool/meta1/lmtpsock") is None   # an LMTP socket
 
 
@@ -155,7 +155,7 @@ def test_a_route_waits_for_a_slow_map_and_a_failure_defers_it() -> None:
     assert ready == [None, None]
     limits.route_ready(["192.0.2.3"], ready.append)
     slow.answer_all({"oci:192.0.2.3": found("many")})
-    assert ready[-1].startswith("configuration map: oci:192.0.2.3: not a number")
+    assert ready[-1].startswith("configuration map conf: oci:192.0.2.3: not a number")
 
 
 def test_ocr_is_looked_up_with_the_other_outgoing_tags_and_a_failure_defers_the_route() -> None:
@@ -163,10 +163,57 @@ def test_ocr_is_looked_up_with_the_other_outgoing_tags_and_a_failure_defers_the_
     ready: list = []
     limits.route_ready(["192.0.2.1"], ready.append)
     assert ready == [None]
-    assert set(limits.lookup.cache["192.0.2.1"][0].values) == set(OUTGOING)     # one entry, every tag
+    assert set(limits.lookup.cache["192.0.2.1"][0].values) == {"oci:", "ocm:", "ocr:", "oct:"}   # one entry
     assert limits.connection_limits("192.0.2.1") == ConnectionLimits(4, 20, 5)
     limits.route_ready(["192.0.2.2"], ready.append)               # D-POL-25: never with limits unknown
-    assert ready[-1] == "configuration map: ocr:192.0.2.2: not a number 0..1000000: 'fast'"
+    assert ready[-1] == "configuration map conf: ocr:192.0.2.2: not a number 0..1000000: 'fast'"
+
+
+# -- smtpc_session_conf: with the outgoing limits (D-POL-28) ----------------------------------------
+
+class CountingMap(InlineMap):
+    """An inline map that counts its lookups."""
+
+    def __init__(self, *entries: str) -> None:
+        super().__init__("conf", [tuple(e.split(None, 1)) for e in entries])
+        self.asked: list[str] = []
+
+    def submit(self, key, callback):
+        self.asked.append(key)
+        return super().submit(key, callback)
+
+
+def test_the_smtpc_session_conf_is_looked_up_parsed_and_cached_with_the_limits() -> None:
+    clock = Clock()
+    conf = CountingMap("smtpc_session_conf:192.0.2. IO_timeout = 2s; final_dot_timeout = 3m;", "oct:192.0.2.1 9")
+    limits = outgoing(MapDriver({"conf": conf}), clock)
+    ready: list = []
+    limits.route_ready(["192.0.2.1", "192.0.2.2"], ready.append)
+    assert ready == [None]
+    assert limits.target_timeouts("192.0.2.1") == (9, 2, 180)
+    assert limits.target_timeouts("192.0.2.2") == (0, 2, 180)
+    assert limits.target_timeouts("198.51.100.1") == (0, 0, 0)          # nothing known: smtpc's own
+    asked = len(conf.asked)
+    limits.route_ready(["192.0.2.1"], ready.append)                     # fresh: from the cache
+    assert len(conf.asked) == asked and ready == [None, None]
+    conf.entries["smtpc_session_conf:192.0.2."] = "IO_timeout = 5s;"     # the map changes
+    clock.now += CACHE_TTL
+    limits.route_ready(["192.0.2.1"], ready.append)                     # stale: asked again
+    assert limits.target_timeouts("192.0.2.1") == (9, 5, 0)
+
+
+def test_a_broken_or_failing_smtpc_session_conf_defers_the_route_naming_map_and_key_b33() -> None:
+    limits = outgoing(inline("smtpc_session_conf:192.0.2.1 IO_timeout = soon;"))
+    ready: list = []
+    limits.route_ready(["192.0.2.1"], ready.append)
+    assert ready == ["configuration map conf: smtpc_session_conf:192.0.2.1: 1:14: IO_timeout: "
+                     "'soon' is not a time interval (e.g. 30s, 5m3s, 1h30m, 2d; units w d h m s in that order)"]
+    assert limits.lookup.known("192.0.2.1") is None                    # a failure is not cached
+    slow = LaterMap()
+    limits = outgoing(MapDriver({"conf": slow}))
+    limits.route_ready(["192.0.2.1"], ready.append)
+    slow.answer_all({"smtpc_session_conf:192.0.": MapResult(Status.TEMP, reason="ldap down")})
+    assert ready[-1] == "configuration map conf: smtpc_session_conf:192.0.: TEMP ldap down"
 
 
 def test_a_map_that_answers_at_once_makes_a_route_ready_at_once() -> None:

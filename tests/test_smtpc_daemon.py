@@ -3,14 +3,18 @@ a dead address, the content byte for byte at Postfix's smtp-sink, results per re
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from conftest import REPO
+from delivery_support import ScriptedPeer
 from meta1.ipc.records import Delivery, DeliveryResult, Target
 from meta1.queue.layout import QueueLayout
 from mta import free_port
@@ -124,3 +128,43 @@ def test_a_targets_connect_timeout_bounds_its_connect_oct(tmp_path, monkeypatch)
         delivery = Delivery(10, transaction, (Target("mx.example.test", address, 25, 0, timeout),), False, False)
         daemon.DeliveryAttempt(client, delivery).start()
     assert connects == [("192.0.2.1", 7), ("192.0.2.2", 300.0)]
+
+
+def test_a_targets_reply_timers_hold_on_its_connection_also_when_reused_d_pol_28(smtpc) -> None:
+    """``Target.io_timeout`` and ``final_dot_timeout`` (qmgr's ``smtpc_session_conf:`` for
+    the address) time every reply wait of the connection serving the delivery; a kept
+    connection takes those of the delivery that reuses it. smtpc's own are 10 s and 10 m,
+    so a result within a few seconds is the target's 1 s timer running out."""
+    layout, qmgr = smtpc
+    hold, slow = threading.Event(), threading.Event()
+    hold.set()
+    peer = ScriptedPeer(hold=hold, slow=slow).start()
+    try:
+        qmgr.send(Delivery(20, store(layout, 20, content=CONTENT), (Target("mx.test", "127.0.0.1", peer.port, 0),),
+                           False, False))
+        result = qmgr.read()
+        assert ([r.code for r in result.results], result.kept_open) == ([250], True)
+
+        hold.clear()                                  # the peer now sits on the final dot
+        started = time.monotonic()
+        qmgr.send(Delivery(21, store(layout, 21, content=CONTENT),
+                           (Target("mx.test", "127.0.0.1", peer.port, 0, final_dot_timeout=1),), False, True))
+        result = qmgr.read()
+        assert [(r.code, r.status) for r in result.results] == [(451, "4.4.2")]
+        assert "timed out" in result.results[0].text and time.monotonic() - started < 5
+        assert peer.connections == 1                  # the kept connection, with the new timer
+
+        hold.set()
+        transaction = store(layout, 22, content=CONTENT)
+        transaction = dataclasses.replace(transaction, recipients=(
+            dataclasses.replace(transaction.recipients[0], address="slow-rcpt@example.net"),))
+        started = time.monotonic()
+        qmgr.send(Delivery(22, transaction, (Target("mx.test", "127.0.0.1", peer.port, 0, io_timeout=1),),
+                           False, False))
+        result = qmgr.read()
+        assert [(r.code, r.status) for r in result.results] == [(451, "4.4.2")]
+        assert time.monotonic() - started < 5 and len(peer.stalled_at) == 1
+    finally:
+        hold.set()
+        slow.set()
+        peer.stop()

@@ -375,10 +375,11 @@ QMGR = SectionSpec(
                    "Age of a message at which the sender of a deferred recipient gets one "
                    "'delayed' DSN (RFC 3464); 0: never.", EXT),
         OptionSpec("config_map", Reference("map"), NOT_SET,
-                   "Map of per-IP limits (oci:, ocm:, ocr:, oct:, icm:, icr: tags); qmgr opens it "
+                   "Map of per-IP limits (oci:, ocm:, ocr:, oct:, icm:, icr: tags) and of smtpc's "
+                   "reply timers per server address (smtpc_session_conf:, D-POL-28); qmgr opens it "
                    "itself and counts incoming sessions for every smtps process and, for ocr:, new "
                    "connections to each server address (spec/policy.md).", R,
-                   unset_means="no per-IP limits beyond the smtpc section's"),
+                   unset_means="no per-IP limits or timers beyond the smtpc section's"),
         OptionSpec("IBDB_file_size", Size(4096), 64 << 20,
                    "Size at which qmgr starts a new incoming-log file; a file whose "
                    "transactions are all complete (and all older ones too) is removed.", EXT),
@@ -499,11 +500,13 @@ SMTPS_SESSION_FLAGS = FlagChanges({flag: on for flag, on in SMTPS_FLAGS.known.it
                                   docs={flag: doc for flag, doc in SMTPS_FLAGS.docs.items() if flag != "delay_checks"})
 
 
-def _session_option(name: str) -> OptionSpec:
-    option = SMTPS.option(name.lower())
+def _session_option(section: SectionSpec, name: str, types: dict[str, ValueType] | None = None) -> OptionSpec:
+    """Option ``name`` of ``section`` as a ``*_session_conf:`` entry may set it: the same
+    type and bounds (``types`` may narrow one), no default — unset keeps the section's."""
+    option = section.option(name.lower())
     assert option is not None, name
-    return replace(option, default=NOT_SET, unset_means="the smtps section's value",
-                   type=SMTPS_SESSION_FLAGS if option.key == "flags" else option.type)
+    return replace(option, default=NOT_SET, unset_means=f"the {section.keyword} section's value",
+                   type=(types or {}).get(option.key, option.type))
 
 
 SMTPS_SESSION_CONF = SectionSpec(
@@ -514,7 +517,8 @@ SMTPS_SESSION_CONF = SectionSpec(
     "values. Flags it does not name keep the section's value. A value with another option, a "
     "section or a syntax error, or a lookup that fails, closes the session with 421 4.3.0 "
     "(B33, D-POL-10, D-POL-26).",
-    origin=R, options=tuple(_session_option(name) for name in SMTPS_SESSION_OPTIONS),
+    origin=R, options=tuple(_session_option(SMTPS, name, {"flags": SMTPS_SESSION_FLAGS})
+                            for name in SMTPS_SESSION_OPTIONS),
 )
 
 SMTPC = SectionSpec(
@@ -532,6 +536,25 @@ SMTPC = SectionSpec(
                    "TCP port of the SMTP servers smtpc connects to (RFC 5321 §4.5.4.2: 25).", EXT),
     ),
     sections=(_tls_section(server=False),),
+)
+
+#: The smtpc options a ``smtpc_session_conf:`` entry of qmgr's configuration map may set
+#: for the connections to the server address it names (spec/policy.md, D-POL-28): the
+#: reply timers of one SMTP dialogue (RFC 5321 §4.5.3.2). Not the process's, not
+#: ``remote_port`` or ``LMTP_socket`` (where to connect is qmgr's route), not ``tls``
+#: (its requirements per server and recipient come with the STARTTLS issue, D-POL-27).
+SMTPC_SESSION_OPTIONS = ("IO_timeout", "final_dot_timeout")
+
+SMTPC_SESSION_CONF = SectionSpec(
+    "smtpc_session_conf",
+    "Not a section of the file: the value of an entry `smtpc_session_conf:<server>` in qmgr's "
+    "configuration map (`qmgr { config_map }`; server IP keys) is configuration text with these "
+    "smtpc options, which apply to every connection to that server address, over the smtpc "
+    "section's values. qmgr reads it with the address's `oci:`/`ocm:`/`ocr:`/`oct:` and hands the "
+    "values to smtpc with each delivery. A value with another option, a section or a syntax error, "
+    "or a lookup that fails, defers the deliveries to that address with 451 4.3.0 "
+    "(B33, D-POL-10, D-POL-28).",
+    origin=R, options=tuple(_session_option(SMTPC, name) for name in SMTPC_SESSION_OPTIONS),
 )
 
 

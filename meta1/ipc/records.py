@@ -35,8 +35,9 @@ from __future__ import annotations
 
 from meta1.ipc.codec import ProtocolError, record
 
-PROTOCOL_VERSION = 3   # 2: recipients carry the next hop resolved at RCPT (D-POL-21)
+PROTOCOL_VERSION = 4   # 2: recipients carry the next hop resolved at RCPT (D-POL-21)
                        # 3: the connect verdict carries the session's smtps options (D-POL-26)
+                       # 4: delivery targets carry smtpc's reply timers per server (D-POL-28)
 
 
 @record(1)
@@ -224,15 +225,21 @@ class RouteResult:
 
 @record(40)
 class Target:
-    """One address smtpc may connect to for a delivery, in the order to try;
-    ``connect_timeout``: seconds for the connect (qmgr's ``oct:`` for the address), 0 for
-    smtpc's ``IO_timeout``."""
+    """One address smtpc may connect to for a delivery, in the order to try, with the
+    timers of a session to it from qmgr's configuration map, in seconds (0: smtpc's own
+    setting): ``connect_timeout`` for the connect (``oct:``, else ``IO_timeout``),
+    ``io_timeout`` for the greeting and each reply, ``final_dot_timeout`` for the reply to
+    the end of data (``smtpc_session_conf:``, D-POL-28; RFC 5321 §4.5.3.2). They hold for
+    every reply wait of the connection while it serves this delivery, also when it is a
+    kept connection reused."""
 
     host: str
     address: str
     port: int
     preference: int
     connect_timeout: int = 0
+    io_timeout: int = 0
+    final_dot_timeout: int = 0
 
 
 @record(41)

@@ -14,12 +14,14 @@ lookup plan (:mod:`meta1.maps.base`), DNS answers and the time are passed in.
 ``route``        local users, aliases, mailertable → (mailer, host, address) (B31, B47, B63)
 ``dnsbl``        DNS block list names and verdicts (B45, T48, T49)
 ``greylist``     the greylisting machine and its store (B49)
-``limits``       qmgr's per-IP limits and connection admission (B56)
+``limits``       qmgr's per-IP limits, smtpc session options per server, and connection
+                 admission (B56, D-POL-28)
 ``checks``       the plan of each SMTP stage as smar runs it
 ``states``       the session check machine: delay_checks as a table (B43–B46)
 ``session``      one session's decisions and replies (smtps side)
 ``settings``     the settings of the cores, from a loaded configuration
 ``sessionconf``  ``smtps_session_conf:``: smtps options per client, parsed and laid
-                 over the smtps section (B33, B34, D-POL-26)
+                 over the smtps section (B33, B34, D-POL-26); ``smtpc_session_conf:``:
+                 smtpc's reply timers per server, parsed (D-POL-28)
 ===============  ====================================================================
 """

@@ -16,8 +16,9 @@ Responsibilities
     :func:`recipient_steps`       ``to:`` address keys             :class:`Check`
     :func:`protected_steps`       ``protectedrcpt:`` address keys  :class:`Protection`
     :func:`conf_steps` and        ``smtps_session_conf:``,         :class:`ConfResult`
-    the three ``*_conf`` helpers  ``smtpc_session_conf:``,
-                                  ``smtpc_rcpt_conf:``
+    the three ``*_conf`` helpers  ``smtpc_session_conf:`` (in
+                                  qmgr's configuration map,
+                                  D-POL-28), ``smtpc_rcpt_conf:``
     ============================  ===============================  =====================
 
     Keys come from :mod:`meta1.maps.keys`: IP addresses lose a component at a time keeping
@@ -324,8 +325,9 @@ def smtps_session_conf(map_name: str | None, client_addr: str, client_name: str 
 
 
 def smtpc_session_conf(map_name: str | None, server_addr: str) -> Steps[ConfResult]:
-    """smtpc's per-session configuration: by the server's IP keys (not read by the daemons
-    yet: it comes with TLS requirements, D-POL-27)."""
+    """smtpc's per-session configuration: by the server's IP keys (read in qmgr's
+    configuration map, not the access map, and parsed by
+    :func:`meta1.policy.sessionconf.smtpc_session_conf_steps`, D-POL-28)."""
     return (yield from conf_steps(map_name, SMTPC_SESSION_CONF, ip_keys(server_addr)))
 
 

@@ -17,13 +17,16 @@ The tags (meanings of ocr and oct are meta1's, D-POL-16)
     ``ocm:`` outgoing connections to the address at most (``max_connections``);
     ``ocr:`` new outgoing connections to the address at most per 60 seconds (counted by
     qmgr's scheduler, :mod:`meta1.qmgr.destinations`);
-    ``oct:`` seconds smtpc waits for a connection to the address to be established.
+    ``oct:`` seconds smtpc waits for a connection to the address to be established;
+    ``smtpc_session_conf:`` smtpc options for the connections to the address (its reply
+    timers, D-POL-28): configuration text, parsed by :mod:`meta1.policy.sessionconf`.
 
-    A value is a decimal number; ``0`` means no limit (as sendmail's ClientConn). The entry
+    A limit is a decimal number; ``0`` means no limit (as sendmail's ClientConn). The entry
     found applies to each address it covers, counted per address: ``icm:10. 5`` lets every
-    client in 10/8 have five connections. A value that is not a number, or a lookup that
+    client in 10/8 have five connections. A limit that is not a number, or a lookup that
     fails, is a failure: the connection is refused for now (``421 4.3.0``), never admitted
-    with limits the map did not give (B33, D-POL-3).
+    with limits the map did not give (B33, D-POL-3); for a server address the route is
+    deferred (``451 4.3.0``). So is an ``smtpc_session_conf:`` value that does not parse.
 
 Admission
     With ``icm:`` = N, the connection that finds N connections from its address already
@@ -37,22 +40,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from meta1.maps.keys import ip_keys
+from meta1.policy.access import SMTPC_SESSION_CONF
 from meta1.policy.plan import Steps, first_found
+from meta1.policy.sessionconf import SmtpcSessionConf, smtpc_session_conf_steps
 from meta1.smtp.replies import R, Reply
 
-TAGS = ("icm:", "icr:", "oci:", "ocm:", "ocr:", "oct:")
+TAGS = ("icm:", "icr:", "oci:", "ocm:", "ocr:", "oct:", SMTPC_SESSION_CONF)
 INCOMING = ("icm:", "icr:")
-OUTGOING = ("oci:", "ocm:", "ocr:", "oct:")
+#: What qmgr reads of a server address before it plans connections to it (D-POL-25, D-POL-28).
+OUTGOING = ("oci:", "ocm:", "ocr:", "oct:", SMTPC_SESSION_CONF)
 RATE_WINDOW = 60          # seconds, for icr: and ocr:
 MAX_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
 class Limits:
-    """The limits found for one address (None: no entry), or a failure."""
+    """What the map says of one address: the limits found (None: no entry), the smtpc
+    options of its ``smtpc_session_conf:`` entry (None: no entry), or a failure."""
 
     values: dict[str, int | None] = field(default_factory=dict)
     failure: str = ""
+    session_conf: SmtpcSessionConf | None = None
 
     def get(self, tag: str) -> int | None:
         """The limit of ``tag`` (``"icm:"``); None for no entry or 0 (no limit)."""
@@ -75,10 +83,18 @@ def address_key(address: str) -> str | None:
 
 
 def limits_steps(map_name: str | None, address: str, tags: tuple[str, ...] = TAGS) -> Steps[Limits]:
-    """Look up each of ``tags`` for ``address`` in qmgr's configuration map."""
+    """Look up each of ``tags`` for ``address`` in qmgr's configuration map; the first
+    failure ends the lookups and names the key."""
     values: dict[str, int | None] = {}
+    session_conf = None
     keys = ip_keys(address)
     for tag in tags:
+        if tag == SMTPC_SESSION_CONF:         # configuration text, not a number (D-POL-28)
+            found = yield from smtpc_session_conf_steps(map_name, address)
+            if found.failed:
+                return Limits(values, found.failure)
+            session_conf = found.conf
+            continue
         outcome = yield from first_found(map_name, tag, keys)
         if outcome.failed:
             result = outcome.result
@@ -90,7 +106,7 @@ def limits_steps(map_name: str | None, address: str, tags: tuple[str, ...] = TAG
         if not (text.isascii() and text.isdigit()) or int(text) > MAX_LIMIT:
             return Limits(values, f"{outcome.key}: not a number 0..{MAX_LIMIT}: {text[:40]!r}")
         values[tag] = int(text)
-    return Limits(values)
+    return Limits(values, session_conf=session_conf)
 
 
 def admit_connection(limits: Limits, address: str, *, open_now: int, recent: int,

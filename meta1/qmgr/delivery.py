@@ -45,13 +45,15 @@ Remote-MTA
     (the host of the ``Target`` smtpc reached), kept in DEFEDB with the reply, and named in
     the DSN's Remote-MTA field (RFC 3464 §2.3.5: MUST for an attempt over SMTP).
 
-Connection limits (spec/policy.md "Connection limits")
+Connection limits and timers (spec/policy.md "Connection limits", D-POL-28)
     With ``qmgr { config_map }`` (:mod:`meta1.qmgr.limits`): a route from smar reaches the
-    scheduler only once its addresses' ``oci:``/``ocm:``/``ocr:``/``oct:`` are known (a
-    failed lookup defers its recipients, 451 4.3.0), the scheduler reads
-    ``oci:``/``ocm:``/``ocr:`` per address, and each ``Target`` carries ``oct:`` to
-    smtpc. smtps' connect checks are admitted first (``icm:``/``icr:``,
-    :mod:`meta1.qmgr.admission`) by :class:`PolicyRelay`.
+    scheduler only once its addresses' ``oci:``/``ocm:``/``ocr:``/``oct:`` and
+    ``smtpc_session_conf:`` are known (a failed lookup or an entry that does not parse
+    defers its recipients, 451 4.3.0), the scheduler reads ``oci:``/``ocm:``/``ocr:`` per
+    address, and each ``Target`` carries ``oct:`` and the entry's ``IO_timeout`` and
+    ``final_dot_timeout`` to smtpc — qmgr chose the address, so qmgr, not smtpc, asks
+    the map, and smtpc needs no round trip per connection. smtps' connect checks are
+    admitted first (``icm:``/``icr:``, :mod:`meta1.qmgr.admission`) by :class:`PolicyRelay`.
 
 Peers
     smar: qmgr connects (``smar/smarqmgr``, LinkClient, D-DLV-1). Route requests made
@@ -149,7 +151,7 @@ class DeliveryManager:
         self.lmtp_nexthop = (f"lmtp:{os.path.join(config.queue_directory, lmtp_socket)}"
                              if isinstance(lmtp_socket, str) and lmtp_socket else None)
         trace = trace_sink(config)
-        # qmgr's configuration map (icm: icr: oci: ocm: ocr: oct:), None without one.
+        # qmgr's configuration map (icm: icr: oci: ocm: ocr: oct: smtpc_session_conf:), None without one.
         self.config_map = open_config_map(config, self.loop, self.hostname, trace=trace)
         outgoing = self.config_map.outgoing if self.config_map is not None else None
         self.scheduler = Scheduler(SchedulerConfig.from_config(config), trace=trace,
@@ -337,7 +339,8 @@ class DeliveryManager:
             resolved = RouteResolved(nexthop, exchangers, now_us() + record.ttl * SECOND)
             if self.config_map is None:
                 self.handle(resolved)
-            else:        # the scheduler needs the addresses' oci:/ocm:/ocr: at once (meta1.qmgr.limits)
+            else:        # the scheduler needs the addresses' oci:/ocm:/ocr: at once, and each
+                         # Target their timers (meta1.qmgr.limits)
                 self.config_map.outgoing.route_ready(
                     (address for x in exchangers for address in x.addresses),
                     lambda failure: self._route_ready(resolved, failure))
@@ -349,7 +352,7 @@ class DeliveryManager:
     def _route_ready(self, resolved: RouteResolved, failure: str | None) -> None:
         if failure is None:
             self.handle(resolved)
-        else:           # B33: no delivery with limits the map did not give
+        else:           # B33: no delivery with limits or timers the map did not give
             log.warning("%s: route deferred: %s", resolved.nexthop, failure)
             self.handle(RouteFailed(resolved.nexthop, False, f"451 4.3.0 {failure}"))
 
@@ -372,16 +375,17 @@ class DeliveryManager:
                                                                 if r.rcpt_id in wanted))
         lmtp = action.nexthop.startswith(LMTP_NEXTHOP)
         targets = tuple(Target(exchanger.host, address, 0 if lmtp else self.port, exchanger.preference,
-                               self._connect_timeout(address))
+                               *self._target_timeouts(address))
                         for address, exchanger in zip(action.addresses, action.targets))
         log.info("%s: scheduled: delivery %d of %d recipient%s to %s via %s%s", action.ta_id, action.delivery_id,
                  len(action.rcpt_ids), "" if len(action.rcpt_ids) == 1 else "s", action.nexthop,
                  ", ".join(f"{t.host} [{t.address}]" for t in targets), " (reusing a session)" if action.reuse else "")
         self._send_delivery(Delivery(action.delivery_id, cut, targets, lmtp, action.reuse))
 
-    def _connect_timeout(self, address: str) -> int:
-        """``oct:`` for ``address`` (0: smtpc's IO_timeout)."""
-        return self.config_map.outgoing.connect_timeout(address) if self.config_map is not None else 0
+    def _target_timeouts(self, address: str) -> tuple[int, int, int]:
+        """The connect, reply and final-dot timers of ``address`` from the configuration
+        map (``oct:``, ``smtpc_session_conf:``); 0: smtpc's own."""
+        return self.config_map.outgoing.target_timeouts(address) if self.config_map is not None else (0, 0, 0)
 
     def _send_delivery(self, delivery: Delivery) -> None:
         links = [link for link in self.smtpc.links if link.ready]

@@ -1,18 +1,23 @@
-"""qmgr's configuration map at run time: the per-IP limits looked up, cached, applied.
+"""qmgr's configuration map at run time: the per-IP limits and smtpc session options
+looked up, cached, applied.
 
 Responsibilities
     ``qmgr { config_map = NAME; }`` names a map (declared as ``smar { map NAME { … } }``)
     whose ``icm: icr: oci: ocm: ocr: oct:`` entries set limits per IP address
-    (:mod:`meta1.policy.limits`, spec/policy.md "Connection limits"). This module is the
-    part of qmgr that reads it:
+    (:mod:`meta1.policy.limits`, spec/policy.md "Connection limits") and whose
+    ``smtpc_session_conf:`` entries set smtpc's reply timers per server address
+    (:mod:`meta1.policy.sessionconf`, D-POL-28). This module is the part of qmgr that
+    reads it:
 
     * :class:`LimitsLookup` — the limits of one address for a set of tags, answered at
       once or later, cached;
     * :class:`OutgoingLimits` — ``oci:``/``ocm:``/``ocr:`` as the scheduler's
       :data:`~meta1.qmgr.destinations.LimitLookup` (slow start and the rate of new
-      connections per server address, B69, B70), ``oct:`` as the connect timeout of each
-      delivery target, and the gate that holds a route until the limits of its addresses
-      are known;
+      connections per server address, B69, B70), ``oct:`` and ``smtpc_session_conf:``'s
+      ``IO_timeout`` and ``final_dot_timeout`` as the timers of each delivery target
+      (RFC 5321 §4.5.3.2 gives smtpc's defaults; a slow or a hurried server gets its
+      own), and the gate that holds a route until what the map says of its addresses is
+      known;
     * :class:`ConfigMap` — the map opened in qmgr, with both directions over it (incoming
       admission is :mod:`meta1.qmgr.admission`).
 
@@ -27,21 +32,24 @@ Where the lookups run (D-POL-23)
 
 The cache
     A lookup that succeeded is kept for :data:`CACHE_TTL` seconds (the window of ``icr:``
-    itself): a busy client or server costs one set of lookups a minute, a socket map is
-    not asked per connection, and a rebuilt map takes effect within a minute. Lookups of
-    one address that overlap share one plan. Failures are never cached: the next
-    connection asks again (a socket map that is down answers at once, D-MAP-10).
+    itself), with the parsed ``smtpc_session_conf:`` of a server address: a busy client or
+    server costs one set of lookups a minute, a socket map is not asked per connection, an
+    entry is not parsed per delivery, and a rebuilt map takes effect within a minute.
+    Lookups of one address that overlap share one plan. Failures are never cached: the
+    next connection asks again (a socket map that is down answers at once, D-MAP-10).
 
     Incoming admission uses only fresh entries. Outgoing limits are needed synchronously
     (the scheduler is pure and calls ``limits(address)`` when it first plans a connection
     to an address), so a route from smar is held until each of its addresses has a fresh
     entry (:meth:`OutgoingLimits.route_ready`) — immediate with a file map — and those
     entries are kept as long as a route may be cached (:data:`ROUTE_KEEP`). A failure
-    there defers the route's recipients (``451 4.3.0``), as a failed lookup of
-    configuration data must (B33, D-POL-10); it never lets mail go out with limits the map
-    did not give. Should the scheduler still ask about an address nothing is known of and
-    whose lookup cannot answer at once, it gets one connection, and one a minute, the
-    least any entry allows, until the answer is in.
+    there — a lookup that fails, a limit that is not a number, an ``smtpc_session_conf:``
+    value that does not parse — defers the route's recipients (``451 4.3.0``, logged with
+    the map and the key), as a failed lookup of configuration data must (B33, D-POL-10);
+    it never lets mail go out with limits or timers the map did not give. Should the
+    scheduler still ask about an address nothing is known of and whose lookup cannot
+    answer at once, it gets one connection, and one a minute, the least any entry allows,
+    until the answer is in.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from collections.abc import Callable, Iterable
 from meta1.maps.driver import MapDriver, open_maps
 from meta1.policy.limits import INCOMING, MAX_LIMIT, OUTGOING, RATE_WINDOW, Limits, address_key, limits_steps
 from meta1.policy.plan import Plan
+from meta1.policy.sessionconf import SmtpcSessionConf
 from meta1.qmgr.admission import Admission, ConnectionCounts
 from meta1.qmgr.destinations import ConnectionLimits
 
@@ -140,7 +149,8 @@ class LimitsLookup:
 
 
 class OutgoingLimits:
-    """``oci:``, ``ocm:``, ``ocr:`` and ``oct:`` for server addresses (see the module docstring).
+    """``oci:``, ``ocm:``, ``ocr:``, ``oct:`` and ``smtpc_session_conf:`` for server
+    addresses (see the module docstring).
 
     ``initial_connections``/``max_connections``: the ``qmgr { smtpc { … } }`` defaults an
     address without an entry keeps."""
@@ -151,9 +161,9 @@ class OutgoingLimits:
         self.max_connections = max_connections
 
     def route_ready(self, addresses: Iterable[str], done: Callable[[str | None], object]) -> None:
-        """Call ``done(None)`` once every address of a route has fresh limits, or
-        ``done(failure)`` (a line for the deferral reply) when a lookup failed; at once
-        when nothing has to wait."""
+        """Call ``done(None)`` once every address of a route has fresh entries, or
+        ``done(failure)`` (a line for the deferral reply and the log, naming the map and
+        the key) when a lookup failed; at once when nothing has to wait."""
         outstanding: set[str] = set()
         failures: list[str] = []
         finished = False
@@ -165,7 +175,7 @@ class OutgoingLimits:
                 failures.append(limits.failure)
             if not outstanding and not finished:
                 finished = True
-                done(f"configuration map: {failures[0]}" if failures else None)
+                done(f"configuration map {self.lookup.map_name}: {failures[0]}" if failures else None)
 
         outstanding.update(addresses)
         if not outstanding:            # nothing to wait for (the scheduler fails such a route)
@@ -192,10 +202,16 @@ class OutgoingLimits:
         initial = self.initial_connections if initial is None else initial or maximum
         return ConnectionLimits(initial, maximum, rate or 0)
 
-    def connect_timeout(self, address: str) -> int:
-        """``oct:`` for ``address`` in seconds; 0: smtpc's own ``IO_timeout``."""
+    def target_timeouts(self, address: str) -> tuple[int, int, int]:
+        """The timers of a delivery ``Target`` for ``address``, in seconds: the connect
+        (``oct:``), each reply and the reply to the final dot (``smtpc_session_conf:``'s
+        ``IO_timeout``, ``final_dot_timeout``); 0: smtpc's own. Read from the entries the
+        route waited for (:meth:`route_ready`), kept as long as the route."""
         limits = self.lookup.known(address)
-        return (limits.get("oct:") or 0) if limits is not None else 0
+        if limits is None:
+            return 0, 0, 0
+        conf = limits.session_conf or SmtpcSessionConf()
+        return limits.get("oct:") or 0, conf.io_timeout or 0, conf.final_dot_timeout or 0
 
     def _limits_now(self, address: str) -> Limits | None:
         known = self.lookup.known(address)

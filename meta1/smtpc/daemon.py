@@ -24,8 +24,13 @@ What smtpc decides and what it does not
 Timers (RFC 5321 §4.5.3.2)
     ``IO_timeout`` for the greeting and each reply, ``final_dot_timeout`` for the reply to
     the end of data, ``IO_timeout`` for a connect too — unless qmgr's configuration map
-    gives the address another (``oct:``, carried in the delivery's ``Target``); an idle
-    cached connection is closed after :data:`IDLE_REUSE_SECONDS`.
+    gives the server address others: ``oct:`` for the connect, ``smtpc_session_conf:``
+    for the replies (D-POL-28), carried in the delivery's ``Target`` because qmgr chose
+    the address and has its entries at hand. A connection takes the reply timers of the
+    delivery it serves (:meth:`ClientConnection.serve`): those of the delivery that opened
+    it, then — when it is kept and reused — those of the later delivery, so a changed
+    entry holds from the next delivery on. An idle cached connection is closed after
+    :data:`IDLE_REUSE_SECONDS`.
 
 Content
     Read from the CDB file with :func:`meta1.queue.cdb.iter_content` when the session asks
@@ -79,6 +84,8 @@ class ClientConnection(Protocol):
                                instance=f"{candidate.address}:{port}/{client.sessions_made}", trace=client.trace)
         self.conn: Connection | None = None
         self.attempt: DeliveryAttempt | None = None
+        self.io_timeout = client.io_timeout                # until a delivery says otherwise
+        self.final_dot_timeout = client.final_dot_timeout
         self.timer = None
         self.ended = False
         self.idle = False           # reported kept_open to qmgr, not taken by a delivery since
@@ -156,8 +163,14 @@ class ClientConnection(Protocol):
         if attempt is not None and attempt.answered:
             attempt.report(kept_open=kept)
 
-    def send(self, attempt: "DeliveryAttempt", delivery: sessions.Delivery) -> None:
+    def serve(self, attempt: "DeliveryAttempt") -> None:
+        """Work for ``attempt`` from now on, with the reply timers of its target for this
+        connection's address."""
         self.attempt = attempt
+        self.io_timeout, self.final_dot_timeout = attempt.reply_timeouts(self.candidate.address)
+
+    def send(self, attempt: "DeliveryAttempt", delivery: sessions.Delivery) -> None:
+        self.serve(attempt)
         self._cancel_timer()
         self.apply(self.session.send(delivery))
 
@@ -170,9 +183,9 @@ class ClientConnection(Protocol):
         self._cancel_timer()
         waiting = self.session.waiting_for
         if waiting is Wait.REPLY:
-            delay = self.client.io_timeout
+            delay = self.io_timeout
         elif waiting is Wait.FINAL_REPLY:
-            delay = self.client.final_dot_timeout
+            delay = self.final_dot_timeout
         elif waiting is Wait.TRANSACTION and self.attempt is None:
             delay = IDLE_REUSE_SECONDS
         else:
@@ -205,8 +218,7 @@ class DeliveryAttempt:
         exchangers: dict[tuple[int, str], list[str]] = defaultdict(list)
         for target in record.targets:
             exchangers[(target.preference, target.host)].append(target.address)
-        self.ports = {t.address: t.port for t in record.targets}
-        self.connect_timeouts = {t.address: t.connect_timeout for t in record.targets}   # oct:
+        self.targets = {t.address: t for t in record.targets}
         self.plan = AddressPlan([(pref, host, addresses) for (pref, host), addresses in exchangers.items()],
                                 client.rng, instance=f"{record.transaction.ta_id}/{record.delivery_id}",
                                 trace=client.trace)    # a transaction may be in several deliveries at once
@@ -231,7 +243,8 @@ class DeliveryAttempt:
             reason = self.plan.outcome.reason if self.plan.finished and self.plan.outcome else None
             self._finish(reason or self.last_reason or _local_reply(451, "4.4.1", "no server reachable"))
             return
-        port = self.ports.get(candidate.address, 25)
+        target = self.targets[candidate.address]        # the plan holds the targets' addresses
+        port = target.port
         self.tried.append(candidate.address)
         self.waiting_for_session = True
         idle = None
@@ -241,7 +254,7 @@ class DeliveryAttempt:
             self.where = idle.where
             self.greeted(idle)
             return
-        timeout = self.connect_timeouts.get(candidate.address) or self.client.io_timeout
+        timeout = target.connect_timeout or self.client.io_timeout          # oct:
         self.pending = connect_stream(self.client.loop, candidate.address, port, timeout,
                                       lambda sock, why: self._connected(candidate, port, sock, why))
 
@@ -255,9 +268,15 @@ class DeliveryAttempt:
             self._next()
             return
         connection = ClientConnection(self.client, candidate, port, self.record.lmtp)
-        connection.attempt = self
+        connection.serve(self)
         self.where = connection.where
         Connection(self.client.loop, sock, connection)
+
+    def reply_timeouts(self, address: str) -> tuple[float, float]:
+        """Seconds to wait for a reply, and for the reply to the final dot, on a session with
+        ``address``: its target's (qmgr's ``smtpc_session_conf:``), else smtpc's own."""
+        target = self.targets[address]
+        return target.io_timeout or self.client.io_timeout, target.final_dot_timeout or self.client.final_dot_timeout
 
     def greeted(self, connection: ClientConnection) -> None:
         """The session is ready for our transaction (first Ready, or a reused session)."""

@@ -7,11 +7,13 @@
     meta1 greyrm [-f FILE] [--network N] [--client IP] [--sender S] [--recipient R]
                                        remove the triplets matching every criterion given
 
-``lookup`` takes an access-map tag (``cltaddr:``, ``cltname:``, ``from:``, ``to:``,
-``protectedrcpt:``, ``smtps_session_conf:``, ``smtpc_session_conf:``, ``smtpc_rcpt_conf:``,
-``icm:`` …) — the trailing colon may be left out — and looks KEY up in the access map
-(the qmgr tags in ``config_map``), or one of ``local_user_map``, ``aliases``,
-``mailertable`` to look KEY up in that map the way routing does. Keys come from
+``lookup`` takes a tag (``cltaddr:``, ``cltname:``, ``from:``, ``to:``,
+``protectedrcpt:``, ``smtps_session_conf:``, ``smtpc_rcpt_conf:``, ``icm:``,
+``smtpc_session_conf:`` …) — the trailing colon may be left out — and looks KEY up in the
+map the daemons read it from: qmgr's ``config_map`` for the tags qmgr reads
+(``icm: icr: oci: ocm: ocr: oct: smtpc_session_conf:``, D-POL-28), the access map for the
+others; or one of ``local_user_map``, ``aliases``, ``mailertable`` to look KEY up in that
+map the way routing does. Keys come from
 :mod:`meta1.maps.keys`: IP keys for the IP tags, domain keys for ``cltname:`` and the
 mailertable, address keys for the others. Exit 0 when a key was found, 1 when none
 was, 75 when a lookup failed (TEMP/PERM).
@@ -28,7 +30,7 @@ from meta1.maps.keys import address_keys, domain_keys, ip_keys, local_part_keys
 
 IP_TAGS = {"cltaddr", "icm", "icr", "oci", "ocm", "ocr", "oct", "smtps_session_conf", "smtpc_session_conf"}
 NAME_TAGS = {"cltname", "cltresolve"}
-QMGR_TAGS = {"icm", "icr", "oci", "ocm", "ocr", "oct"}
+QMGR_TAGS = {"icm", "icr", "oci", "ocm", "ocr", "oct", "smtpc_session_conf"}     # in qmgr's config_map
 MAP_USES = {"local_user_map", "aliases", "mailertable"}
 
 

@@ -93,10 +93,11 @@ def render_config_reference() -> str:
                 listed = ", ".join(f"`{o}`" for o in sorted(allowed)) or "none"
                 out.append(f"- `{map_type}`: {listed}")
             out.append("")
-    session = schema.SMTPS_SESSION_CONF
-    out.append(f"## {session.keyword}: (access map)\n")
-    out.append(f"{session.doc} Origin: {session.origin}.\n")
-    out += _options(session)
+    for session, where in ((schema.SMTPS_SESSION_CONF, "access map"),
+                           (schema.SMTPC_SESSION_CONF, "qmgr's configuration map")):
+        out.append(f"## {session.keyword}: ({where})\n")
+        out.append(f"{session.doc} Origin: {session.origin}.\n")
+        out += _options(session)
     return "\n".join(out).rstrip("\n") + "\n"
 
 
