@@ -262,4 +262,19 @@ def test_meta1_lookup_asks_qmgrs_configuration_map_for_smtpc_session_conf_d_pol_
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["conf: smtpc_session_conf:127.0.0.1: not found",
                                           "conf: smtpc_session_conf:127.0.0.: not found",
-                                          "conf: smtpc_session_conf:127.0.: found: IO_timeout = 2s;"]
+                                          "conf: smtpc_session_conf:127.0.: found: IO_timeout = 2s;",
+                                          "  sets: io_timeout = 2"]
+
+
+def test_meta1_lookup_shows_what_a_session_conf_entry_sets_or_its_mistake(tmp_path) -> None:
+    """The entry as the daemon reads it: the options set, or the mistake with its position
+    and exit 75 (the daemon answers 4xx for it, B33)."""
+    lookup = meta1_lookup(tmp_path, 'map acc { type = inline; entries = { '
+                                    '"smtps_session_conf:10. max_rcpts_per_transaction = 5; flags = { dont_pipelining };", '
+                                    '"smtps_session_conf:10.9. timeout = soon;" }; }\naccess_map { name = acc; }')
+    good = lookup("smtps_session_conf", "10.1.2.3")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.splitlines()[-1] == "  sets: flags_off = pipelining, max_rcpts_per_transaction = 5"
+    bad = lookup("smtps_session_conf", "10.9.8.7")
+    assert bad.returncode == 75
+    assert bad.stdout.splitlines()[-1].startswith("  invalid: 1:")

@@ -270,8 +270,8 @@ class Admission:
         else:
             self._fire(session, Input.REFUSE)
             if limits.failed:
-                log.warning("%s: connection from %s refused for now: configuration map: %s", session.session_id,
-                            session.address, limits.failure)
+                log.warning("%s: connection from %s refused for now: configuration map %s: %s", session.session_id,
+                            session.address, self.lookup.map_name, limits.failure)
             else:
                 log.info("%s: connection from %s refused (%d open, %d in the last minute): %s",
                          session.session_id, session.address, open_now, recent, reply_line(refusal))

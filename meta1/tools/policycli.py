@@ -82,7 +82,7 @@ def lookup(args, config) -> int:
                 result.status, f"{result.status.value}: {result.reason}")
             print(f"{map_name}: {key}: {shown}")
             if result.status is Status.FOUND:
-                return 0
+                return _show_parsed(tag, result.value)
             if result.status is Status.NOMORE:
                 return 1
             if result.failed:
@@ -91,6 +91,26 @@ def lookup(args, config) -> int:
     finally:
         loop.close()
     return status
+
+
+def _show_parsed(tag: str, text: str) -> int:
+    """For a ``*_session_conf:`` entry, what the daemon makes of its text: the options it
+    sets, or the mistake (exit 75: the daemon treats a bad value as a failed lookup and
+    answers 4xx, B33) — so a bad entry is found here rather than in a log."""
+    from dataclasses import asdict
+    from meta1.policy.sessionconf import SessionConfError, parse_session_conf, parse_smtpc_session_conf
+    parse = {"smtps_session_conf": parse_session_conf, "smtpc_session_conf": parse_smtpc_session_conf}.get(tag)
+    if parse is None:
+        return 0
+    try:
+        conf = parse(text)
+    except SessionConfError as error:
+        print(f"  invalid: {error}")
+        return 75
+    sets = [f"{name} = {', '.join(value) if isinstance(value, tuple) else value}"
+            for name, value in asdict(conf).items() if value not in (None, ())]
+    print(f"  sets: {', '.join(sets) or 'nothing'}")
+    return 0
 
 
 def _store(config):
