@@ -19,7 +19,7 @@ def answers(table: dict[str, MapResult]):
 
 
 def test_a_plan_hands_out_one_request_until_it_is_answered() -> None:
-    plan = Plan(first_found("m", "to:", ["a", "b"]))
+    plan = Plan(first_found("m", "to:", lambda: ["a", "b"]))
     assert plan.next_lookup() == LookupRequest("m", "to:a")
     assert plan.next_lookup() == LookupRequest("m", "to:a")       # the same, until answered
     with pytest.raises(RuntimeError):
@@ -36,20 +36,21 @@ def test_a_plan_hands_out_one_request_until_it_is_answered() -> None:
 
 def test_a_plan_is_driven_by_the_maps_run_plan() -> None:
     lookup, asked = answers({"to:b": found("x")})
-    plan = Plan(first_found("m", "to:", ["a", "b", "c"]))
+    plan = Plan(first_found("m", "to:", lambda: ["a", "b", "c"]))
     run_plan(plan, lookup)
     assert asked == ["to:a", "to:b"] and plan.result.found
 
 
 def test_the_answer_must_be_a_map_result() -> None:
-    plan = Plan(first_found("m", "to:", ["a"]))
+    plan = Plan(first_found("m", "to:", lambda: ["a"]))
     with pytest.raises(TypeError):
         plan.lookup_result("OK")  # type: ignore[arg-type]
 
 
-def test_without_a_map_nothing_is_asked_and_nothing_found() -> None:
-    plan = Plan(first_found(None, "to:", ["a"]))
-    assert plan.done and plan.result is NOTHING and plan.trail == []
+def test_without_a_map_nothing_is_asked_nothing_found_and_no_key_derived() -> None:
+    derived = []
+    plan = Plan(first_found(None, "to:", lambda: derived.append("keys") or ["a"]))
+    assert plan.done and plan.result is NOTHING and plan.trail == [] and derived == []
 
 
 @pytest.mark.parametrize("table, expect_key, expect_status, asked", [
@@ -61,7 +62,7 @@ def test_without_a_map_nothing_is_asked_and_nothing_found() -> None:
 ])
 def test_first_found(table, expect_key, expect_status, asked) -> None:
     lookup, seen = answers(table)
-    outcome = run_steps(first_found("m", "t:", ["1", "2", "3"]), lookup)
+    outcome = run_steps(first_found("m", "t:", lambda: ["1", "2", "3"]), lookup)
     assert seen == asked
     assert outcome.key == expect_key
     assert (outcome.result.status if outcome.result else None) is expect_status

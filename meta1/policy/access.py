@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from meta1.maps.keys import address_keys, domain_keys, ip_keys
-from meta1.policy.plan import Outcome, Steps, first_found
+from meta1.policy.plan import KeyOrder, Outcome, Steps, first_found
 from meta1.policy.rhs import Rhs, RhsError, parse_rhs
 from meta1.smar.plans import AddressResult, RecordsResult, Verdict
 
@@ -169,7 +169,7 @@ def _failure(outcome: Outcome) -> str:
     return f"{outcome.key}: {result.status.name}" + (f" {result.reason}" if result.reason else "")
 
 
-def tag_steps(map_name: str | None, tag: str, keys: list[str]) -> Steps[Check]:
+def tag_steps(map_name: str | None, tag: str, keys: KeyOrder) -> Steps[Check]:
     """One tag's lookups and the RHS of the entry found."""
     outcome = yield from first_found(map_name, tag, keys)
     if outcome.failed:
@@ -186,10 +186,10 @@ def tag_steps(map_name: str | None, tag: str, keys: list[str]) -> Steps[Check]:
 def client_steps(map_name: str | None, client_addr: str, client_name: str = "",
                  resolve: ResolveStatus = ResolveStatus.FAIL) -> Steps[Check]:
     """The connect-stage check: ``cltaddr:``, ``cltname:``, ``cltresolve:``."""
-    tags: list[tuple[str, list[str]]] = [(CLTADDR, ip_keys(client_addr))]
+    tags: list[tuple[str, KeyOrder]] = [(CLTADDR, lambda: ip_keys(client_addr))]
     if client_name and resolve is ResolveStatus.OK:
-        tags.append((CLTNAME, domain_keys(client_name)))
-    tags.append((CLTRESOLVE, [resolve.value]))
+        tags.append((CLTNAME, lambda: domain_keys(client_name)))
+    tags.append((CLTRESOLVE, lambda: [resolve.value]))
     for tag, keys in tags:
         check = yield from tag_steps(map_name, tag, keys)
         if check.entry is not None or check.failed:
@@ -204,12 +204,12 @@ def sender_keys(sender: str) -> list[str]:
 
 def sender_steps(map_name: str | None, sender: str) -> Steps[Check]:
     """The MAIL-stage check: ``from:`` with the sender's address keys."""
-    return (yield from tag_steps(map_name, FROM, sender_keys(sender)))
+    return (yield from tag_steps(map_name, FROM, lambda: sender_keys(sender)))
 
 
 def recipient_steps(map_name: str | None, rcpt: str) -> Steps[Check]:
     """The RCPT-stage check: ``to:`` with the recipient's address keys."""
-    return (yield from tag_steps(map_name, TO, address_keys(rcpt)))
+    return (yield from tag_steps(map_name, TO, lambda: address_keys(rcpt)))
 
 
 # --- protectedrcpt: ---------------------------------------------------------------------
@@ -278,7 +278,7 @@ def client_in_list(client_addr: str, items: tuple[str, ...]) -> bool:
 
 def protected_steps(map_name: str | None, rcpt: str, client_addr: str) -> Steps[Protection]:
     """``protectedrcpt:`` with the recipient's address keys; is the client in the list?"""
-    outcome = yield from first_found(map_name, PROTECTEDRCPT, address_keys(rcpt))
+    outcome = yield from first_found(map_name, PROTECTEDRCPT, lambda: address_keys(rcpt))
     if outcome.failed:
         return Protection(failure=_failure(outcome))
     if not outcome.found:
@@ -307,7 +307,7 @@ class ConfResult:
         return bool(self.failure)
 
 
-def conf_steps(map_name: str | None, tag: str, keys: list[str]) -> Steps[ConfResult]:
+def conf_steps(map_name: str | None, tag: str, keys: KeyOrder) -> Steps[ConfResult]:
     """The first entry of ``tag`` for ``keys``; its value whole (B34)."""
     outcome = yield from first_found(map_name, tag, keys)
     if outcome.failed:
@@ -320,7 +320,7 @@ def conf_steps(map_name: str | None, tag: str, keys: list[str]) -> Steps[ConfRes
 def smtps_session_conf(map_name: str | None, client_addr: str, client_name: str = "") -> Steps[ConfResult]:
     """smtps's per-session configuration: by the client's IP keys, then its validated name
     (read and parsed at connect by :mod:`meta1.policy.sessionconf`, D-POL-26)."""
-    keys = ip_keys(client_addr) + (domain_keys(client_name) if client_name else [])
+    keys = lambda: ip_keys(client_addr) + (domain_keys(client_name) if client_name else [])  # noqa: E731
     return (yield from conf_steps(map_name, SMTPS_SESSION_CONF, keys))
 
 
@@ -328,10 +328,10 @@ def smtpc_session_conf(map_name: str | None, server_addr: str) -> Steps[ConfResu
     """smtpc's per-session configuration: by the server's IP keys (read in qmgr's
     configuration map, not the access map, and parsed by
     :func:`meta1.policy.sessionconf.smtpc_session_conf_steps`, D-POL-28)."""
-    return (yield from conf_steps(map_name, SMTPC_SESSION_CONF, ip_keys(server_addr)))
+    return (yield from conf_steps(map_name, SMTPC_SESSION_CONF, lambda: ip_keys(server_addr)))
 
 
 def smtpc_rcpt_conf(map_name: str | None, rcpt: str) -> Steps[ConfResult]:
     """smtpc's per-recipient configuration: by the recipient's address keys (B68; not read
     by the daemons yet: it comes with TLS requirements, D-POL-27)."""
-    return (yield from conf_steps(map_name, SMTPC_RCPT_CONF, address_keys(rcpt)))
+    return (yield from conf_steps(map_name, SMTPC_RCPT_CONF, lambda: address_keys(rcpt)))

@@ -95,7 +95,7 @@ def limits_steps(map_name: str | None, address: str, tags: tuple[str, ...] = TAG
                 return Limits(values, found.failure)
             session_conf = found.conf
             continue
-        outcome = yield from first_found(map_name, tag, keys)
+        outcome = yield from first_found(map_name, tag, lambda: keys)
         if outcome.failed:
             result = outcome.result
             return Limits(values, f"{outcome.key}: {result.status.name} {result.reason}".rstrip())

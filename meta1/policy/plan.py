@@ -12,7 +12,7 @@ Responsibilities
     code that *yields* a request and receives the answer::
 
         def sender_steps(map_name, sender):
-            outcome = yield from first_found(map_name, "from:", address_keys(sender))
+            outcome = yield from first_found(map_name, "from:", lambda: address_keys(sender))
             return outcome
 
         plan = Plan(sender_steps("access", "a@example.org"))
@@ -38,7 +38,7 @@ Data it owns
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generator, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generator, Generic, Iterable, TypeVar
 
 from meta1.maps.base import MapResult, LookupRequest, Status
 
@@ -46,6 +46,11 @@ T = TypeVar("T")
 
 #: What a core's generator is: it yields requests, receives results, returns its verdict.
 Steps = Generator[LookupRequest, MapResult, T]
+
+#: A lookup order: called for the keys only when there is a map to ask them of. Without
+#: maps smtps runs every check of every message itself (D-POL-19), and deriving keys
+#: nobody looks up was most of the cost of a check there.
+KeyOrder = Callable[[], Iterable[str]]
 
 
 class Plan(Generic[T]):
@@ -118,12 +123,13 @@ class Outcome:
 NOTHING = Outcome()
 
 
-def first_found(map_name: str | None, tag: str, keys: Iterable[str]) -> Steps[Outcome]:
-    """Look up ``tag + key`` for each key in order until one is found (or NOMORE, TEMP,
-    PERM). Without a map (``map_name`` None) nothing is asked and nothing is found."""
+def first_found(map_name: str | None, tag: str, keys: KeyOrder) -> Steps[Outcome]:
+    """Look up ``tag + key`` for each of ``keys()`` in order until one is found (or NOMORE,
+    TEMP, PERM). Without a map (``map_name`` None) nothing is asked, nothing is found and
+    no key is derived."""
     if not map_name:
         return NOTHING
-    for key in keys:
+    for key in keys():
         result = yield LookupRequest(map_name, tag + key)
         if result.status is Status.NOTFOUND:
             continue

@@ -213,7 +213,7 @@ class _Expansion:
         aliases = s.aliases
         if aliases is not None and norm not in chain and (is_local or not aliases.has("local_domains")):
             keys = local_part_keys(local_part) if aliases.has("localpart") else _address_keys(local_part, domain)
-            outcome = yield from first_found(aliases.name, "", keys)
+            outcome = yield from first_found(aliases.name, "", lambda: keys)
             if outcome.failed:
                 self.fail(address, R.MAP_TEMPFAIL, f"aliases {outcome.key}: {outcome.result.status.name} "
                           f"{outcome.result.reason}".rstrip())
@@ -260,7 +260,7 @@ class _Expansion:
             return
         users = s.local_user_map
         keys = local_part_keys(local_part) if users.has("localpart") else _address_keys(local_part, domain)
-        outcome = yield from first_found(users.name, "", keys)
+        outcome = yield from first_found(users.name, "", lambda: keys)
         if outcome.failed:
             self.fail(address, R.MAP_TEMPFAIL, f"local_user_map {outcome.key}: {outcome.result.status.name} "
                       f"{outcome.result.reason}".rstrip())
@@ -277,7 +277,7 @@ class _Expansion:
         if table is not None:
             keys = _address_keys(local_part, domain) if table.has("full_address") else []
             keys += domain_keys(domain) + [DEFAULT_ROUTE_KEY]
-            outcome = yield from first_found(table.name, "", list(dict.fromkeys(keys)))
+            outcome = yield from first_found(table.name, "", lambda: dict.fromkeys(keys))
             if outcome.failed:
                 self.fail(address, R.MAP_TEMPFAIL, f"mailertable {outcome.key}: {outcome.result.status.name} "
                           f"{outcome.result.reason}".rstrip())

@@ -38,6 +38,7 @@ Loopback clients (D-POL-19)
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import time
@@ -55,7 +56,7 @@ from meta1.policy.route import ERROR_NEXTHOP
 from meta1.policy.session import SessionChecks
 from meta1.policy.sessionconf import session_conf_steps
 from meta1.policy.settings import PolicySettings
-from meta1.smtp.address import parse_forward_path
+from meta1.smtp.address import Mailbox, parse_forward_path
 from meta1.smtp.replies import R, Reply
 
 log = logging.getLogger("meta1.policy")
@@ -79,6 +80,7 @@ class Question:
     recipient: str | None = None
     relay_granted: bool = False
     server: str | None = None
+    mailbox: Mailbox | None = None     # the recipient parsed already (smtps asking itself)
 
 
 class NoMaps:
@@ -90,6 +92,7 @@ class NoMaps:
         return True
 
 
+@functools.lru_cache(maxsize=1024)   # asked at every connect; clients come back
 def is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
@@ -194,8 +197,10 @@ class PolicyService:
             if self.driver.run(plan, checked):
                 checked(plan.result)
 
+        loopback = is_loopback(question.client_address)
+
         def finish(check, verdict, name: str) -> None:
-            if is_loopback(question.client_address) and settings.access_map is None:
+            if loopback and settings.access_map is None:
                 session.grants = replace(session.grants, client=True)     # D-POL-19
             reply = session.connect(check, verdict, name)
             outcome = "discard" if session.discard_session else "ok"
@@ -206,9 +211,8 @@ class PolicyService:
             else:
                 answer(outcome, None)
 
-        if is_loopback(question.client_address) or self.resolver is None or settings.access_map is None:
-            resolved(ResolveStatus.OK if is_loopback(question.client_address) else ResolveStatus.FAIL,
-                     "localhost" if is_loopback(question.client_address) else "")
+        if loopback or self.resolver is None or settings.access_map is None:
+            resolved(ResolveStatus.OK if loopback else ResolveStatus.FAIL, "localhost" if loopback else "")
         else:
             self._client_name(question.client_address, resolved)
 
@@ -253,11 +257,13 @@ class PolicyService:
     def _rcpt(self, question: Question, answer: Answer) -> None:
         session = self.sessions[question.session_id]
         settings = self.settings(question.server)
-        try:
-            mailbox = parse_forward_path(f"<{question.recipient}>", smtputf8=True).mailbox
-        except ValueError:
-            answer("refused", R.BAD_RECIPIENT)
-            return
+        mailbox = question.mailbox
+        if mailbox is None:
+            try:
+                mailbox = parse_forward_path(f"<{question.recipient}>", smtputf8=True).mailbox
+            except ValueError:
+                answer("refused", R.BAD_RECIPIENT)
+                return
         plan = rcpt_plan(settings, mailbox, question.client_address, session.grants)
 
         def checked(_result) -> None:

@@ -129,7 +129,7 @@ class PolicyClient:
         """The verdict of the policy core run here, without maps (at once)."""
         verdict: list = []
         self.local.ask(Question(session.id, request.stage, session.client_address, session.helo or "",
-                                request.sender, request.recipient, False, self.server.name),
+                                request.sender, request.recipient, False, self.server.name, request.mailbox),
                        lambda outcome, reply, routes=(), session_conf=None: verdict.append(
                            (OUTCOMES[outcome], reply, tuple(ResolvedRecipient(*route) for route in routes),
                             self.session_settings(session_conf))))

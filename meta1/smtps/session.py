@@ -72,6 +72,7 @@ from meta1.policy.sessionconf import session_values
 from meta1.smtp import (ContentScanner, DataDecoder, Extensions, LineFramer, MailArgs, R,
                         Reply, SMTPError, comment_safe, format_date,
                         parse_mail, parse_rcpt, printable)
+from meta1.smtp.address import Mailbox
 from meta1.smtps.commands import COMMANDS, Command, split_command
 from meta1.smtp.server import Close, Send, ServerSession
 from meta1.ids import MAX_RECIPIENT_INDEX, IdUnavailable, recipient_id
@@ -116,6 +117,7 @@ class CheckPolicy:
     stage: str
     sender: str | None = None
     recipient: str | None = None
+    mailbox: Mailbox | None = None     # the recipient as parsed here, for a check made in smtps
 
 
 class Outcome(enum.Enum):
@@ -525,7 +527,7 @@ class Session(ServerSession):
         self._checked = args
         self._discard_requested = False
         return self._ask(CheckPolicy("rcpt", sender=self.tx.mail.path.address if self.tx else None,
-                                     recipient=args.path.address))
+                                     recipient=args.path.address, mailbox=args.path.mailbox))
 
     def _ask(self, check: CheckPolicy) -> Input | None:
         """The verdict's input if the services know it at once; else wait (None)."""
