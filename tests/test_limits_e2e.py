@@ -161,6 +161,10 @@ def test_ocr_limits_new_connections_per_minute_and_reuse_is_not_one(world) -> No
         assert len(recipients_through(world, "DISPATCH")) == 2 and peer.connections == 2
         waiting = [r for message in world.mta.mailq() for r in message["recipients"]]
         assert sorted((r["state"], r["attempts"]) for r in waiting) == [("queued", 0)] * 5
+        # The log says why, once: the rate is what the others wait for.
+        wait_for(lambda: "127.0.0.1: ocr: 2 new connections a minute used up" in world.qmgr_log(),
+                 timeout=WAIT, what="the rate hold in qmgr's log")
+        assert world.qmgr_log().count("ocr: 2 new connections a minute used up") == 1
     finally:
         hold.set()
     peer.wait(5)

@@ -9,7 +9,7 @@ from meta1.machine import ProtocolViolation
 from meta1.qmgr.scheduler import (
     NO_RESULT_REPLY, SECOND, Bounce, ConnectionLimits, Delete, DelayWarning, DeliveryAgentLost, DeliveryEnded,
     Final, Flush, Hold, MessageKind, RecipientEntry, RecipientOutcome, RecordDeferred, RecordDone,
-    RecordHold, Release, ResolveRoute, Scheduler, SchedulerConfig, SchedulerError, SessionClosed,
+    RateHeld, RecordHold, Release, ResolveRoute, Scheduler, SchedulerConfig, SchedulerError, SessionClosed,
     StartDelivery, Tick, TransactionArrived, TransactionDone,
 )
 from meta1.qmgr.states import TABLE, Input, State
@@ -258,6 +258,22 @@ def test_ocr_room_returns_exactly_when_the_oldest_connection_leaves_the_window()
     third = one_start(h.wake())
     assert third.ta_id == "T2" and not third.reuse
     assert h.scheduler.next_wakeup is None                     # nothing waits: no timer
+
+
+def test_ocr_a_rate_that_holds_deliveries_is_said_once_per_hold():
+    """RateHeld is for the log: why mail to a server is not going out, and until when. One
+    per hold, not one per delivery that joins the wait."""
+    h = Harness(limits=rated(1))
+    first_at = h.now
+    h.arrive("T1", "example.net")
+    h.arrive("T2", "example.net")
+    actions = routed(h)
+    assert h.of(RateHeld, actions) == [RateHeld(A1, first_at + WINDOW * SECOND, 1)]
+    h.end(one_start(actions), kept_open=False)
+    assert h.of(RateHeld, h.arrive("T3", "example.net")) == []       # already held: said once
+    actions = h.advance(to=first_at + WINDOW * SECOND)
+    assert one_start(actions).ta_id == "T2"
+    assert h.of(RateHeld, actions) == [RateHeld(A1, first_at + 2 * WINDOW * SECOND, 1)]   # T3: a new hold
 
 
 def test_ocr_reusing_an_idle_session_is_no_new_connection():

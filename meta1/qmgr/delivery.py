@@ -85,7 +85,7 @@ from meta1.qmgr.dsn import Action, MessageKind, NoDsn, Original, RecipientReport
 from meta1.qmgr.scheduler import (Bounce, DeliveryAgentLost, DeliveryEnded, DelayWarning, Exchanger, Final,
                                   RecipientEntry, RecipientOutcome, RecordDeferred, RecordDone, RecordHold,
                                   ResolveRoute, RouteFailed, RouteResolved, Scheduler, SchedulerConfig,
-                                  SchedulerError, SessionClosed, StartDelivery, Status, Tick,
+                                  RateHeld, SchedulerError, SessionClosed, StartDelivery, Status, Tick,
                                   TransactionArrived, TransactionDone)
 from meta1.queue.cdb import ContentWriter, iter_content
 from meta1.queue.defedb import (DeferredRecipient, DeferredTransaction, PutRecipient, PutTransaction,
@@ -294,6 +294,10 @@ class DeliveryManager:
             self._warn(action)
         elif isinstance(action, RecordHold):
             self._record_hold(action)
+        elif isinstance(action, RateHeld):
+            wait = max(0, action.until - now_us()) / 1e6
+            log.info("%s: ocr: %d new connection%s a minute used up; deliveries to it wait %.0f s",
+                     action.address, action.rate, "" if action.rate == 1 else "s", wait)
 
 
     # -- smar --------------------------------------------------------------------------------

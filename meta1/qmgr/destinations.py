@@ -197,6 +197,10 @@ class Destinations:
         self.watched: set[str] = set()                        # addresses deliveries wait for
         self.rate_wakeups: SortedList = SortedList()          # (room returns at, address)
         self.rate_wakeup_of: dict[str, int] = {}             # address -> its time in rate_wakeups
+        # (address, room returns at, its rate) for each address whose used-up rate has
+        # just become what deliveries wait for: the scheduler reports them (for the log,
+        # so an operator sees why mail to a server is not going out).
+        self.rate_held: list[tuple[str, int, int]] = []
         self._prune_at = PRUNE_MIN
 
     def get(self, address: str) -> AddressState:
@@ -266,9 +270,16 @@ class Destinations:
         ``rate`` counts kept, one fewer always leaves room.)"""
         room_at = state.rate_room_at(now)
         if room_at is not None and address in self.watched:
+            if address not in self.rate_wakeup_of:
+                self.rate_held.append((address, room_at, state.rate))
             self._cancel_rate_wakeup(address)      # one made before, due but not drained yet
             self.rate_wakeup_of[address] = room_at
             self.rate_wakeups.add((room_at, address))
+
+    def take_rate_held(self) -> list[tuple[str, int, int]]:
+        """The addresses newly held by their rate since the last call (:attr:`rate_held`)."""
+        held, self.rate_held = self.rate_held, []
+        return held
 
     def _cancel_rate_wakeup(self, address: str) -> None:
         room_at = self.rate_wakeup_of.pop(address, None)

@@ -410,8 +410,19 @@ class TransactionDone:
     ta_id: str
 
 
+@dataclass(frozen=True)
+class RateHeld:
+    """Deliveries wait for ``address``: its ``ocr:`` rate (``rate`` new connections per
+    window) is used up until ``until``. Only said, for the log: the wake-up is the
+    scheduler's own (:attr:`Scheduler.next_wakeup`)."""
+
+    address: str
+    until: int
+    rate: int
+
+
 Action = (ResolveRoute | StartDelivery | RecordDone | RecordDeferred | RecordHold | Bounce
-          | DelayWarning | TransactionDone)
+          | DelayWarning | TransactionDone | RateHeld)
 
 
 @dataclass(frozen=True)
@@ -557,6 +568,7 @@ class Scheduler:
         self._admit()
         self._dispatch()
         self._settle()
+        out.extend(RateHeld(*held) for held in self.destinations.take_rate_held())
         self._out = []
         return out
 
