@@ -29,6 +29,19 @@ def frame(payload: str) -> bytes:
     return str(len(data)).encode() + b":" + data + b","
 
 
+def until(loop, predicate, wait: float = 10.0) -> bool:
+    """Run ``loop`` in slices of at most 10 ms until ``predicate()`` (False after ``wait`` s).
+
+    Not ``loop.run_until``: that waits for the loop's own events, and these predicates also
+    watch the server's threads (``open_now``, ``requests``), which wake no loop."""
+    deadline = time.monotonic() + wait
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        loop.run_once(0.01)
+    return True
+
+
 def table_handler(table: dict[str, str]):
     """A handler answering OK/NOTFOUND from ``table`` (whatever the map name)."""
     def handler(mapname: str, key: str):

@@ -4,7 +4,6 @@ from the loop, the blocking driver, and opening every map of a configuration."""
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 from hypothesis import given
@@ -18,9 +17,7 @@ from meta1.maps.driver import BlockingDriver, MapDriver, MapOpenError, SequenceM
 from meta1.maps.keys import ip_keys, tagged
 from meta1.maps.local import BrokenMap, HashMap, InlineMap, LocalMap, PasswdMap, RegexMap
 from meta1.maps.sockclient import SocketMapClient
-from sockmap_support import SockmapServer, table_handler
-
-WAIT = 10.0
+from sockmap_support import SockmapServer, table_handler, until
 
 
 class Fixed(LocalMap):
@@ -62,15 +59,6 @@ def loop():
     loop = EventLoop()
     yield loop
     loop.close()
-
-
-def until(loop, predicate, wait=WAIT) -> bool:
-    deadline = time.monotonic() + wait
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        loop.run_once(0.01)
-    return True
 
 
 TEMP = MapResult(Status.TEMP, reason="down")

@@ -17,7 +17,7 @@ import pytest
 from meta1.eventloop import EventLoop
 from meta1.maps.base import Status
 from meta1.maps.sockclient import SocketMapClient
-from sockmap_support import CLOSE, STALL, SockmapServer, frame, table_handler
+from sockmap_support import CLOSE, STALL, SockmapServer, frame, table_handler, until
 
 WAIT = 10.0
 
@@ -55,16 +55,6 @@ def transport(request, tmp_path):
         server = SockmapServer(handler, tcp=True)
         return server, {"address": server.address, "port": server.port}
     return start
-
-
-def until(loop, predicate, wait=WAIT) -> bool:
-    """Run ``loop`` in slices of at most 10 ms until ``predicate()`` (False after ``wait`` s)."""
-    deadline = time.monotonic() + wait
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        loop.run_once(0.01)
-    return True
 
 
 def lookup_all(loop, client, keys, wait=WAIT):
